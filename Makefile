@@ -1,0 +1,43 @@
+# matterflow: every target installs what it needs first (idempotent), so a fresh clone needs only `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_BIN := node_modules/.bin
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-fast lint wmill-lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed node_modules/.installed ## create .venv and node_modules from the pinned dependencies
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "matterflow needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "matterflow needs Node.js >= 20 with npm"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint
+
+test-fast: setup ## the tests that need no Node tools or emulator
+	$(PY) -m pytest -m "not azurite and not node" $(PYTEST_ARGS)
+
+lint: setup wmill-lint ## ruff and wmill lint
+	$(VENV)/bin/ruff check matterflow f tests
+
+wmill-lint: node_modules/.installed
+	$(NODE_BIN)/wmill lint .
+
+clean: ## remove the installed environments
+	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
