@@ -1,0 +1,3 @@
+from matterflow.cli import main
+
+main()

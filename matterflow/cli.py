@@ -1,0 +1,136 @@
+"""`matterflow`: the command line of the tooling package.
+
+Look at a document before spending LLM money on it:
+
+    matterflow confidence matters/lease.ocr.json          per-page OCR confidence, flagged pages
+    matterflow confidence lease.ocr.json --json            the same as JSON (a documented interface)
+    matterflow windows --pages 120 --window 8 --overlap 2  how a 120-page document would be cut
+    matterflow windows lease.ocr.json                      the window plan of a real document
+
+Every option can also come from the environment as MATTERFLOW_<COMMAND>_<OPTION>, e.g.
+MATTERFLOW_CONFIDENCE_MIN_CONFIDENCE=0.9. Errors are one line on stderr and a non-zero exit (2 for bad input).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from f.matter.documents import parse_ocr
+from f.matter.errors import InputError, MatterflowError
+from f.matter.ocr_confidence import DEFAULT_MIN_CONFIDENCE, score_document
+from f.matter.windows import (
+    DEFAULT_CONTEXT_TOKENS,
+    DEFAULT_OVERLAP_PAGES,
+    DEFAULT_SHARDS,
+    DEFAULT_WINDOW_PAGES,
+    estimate_tokens,
+    plan,
+    plan_document,
+)
+
+from . import tables
+
+# ~350 words of legal prose a page, ~6 characters a word with the space: the page a `--pages N` plan assumes.
+TYPICAL_PAGE_CHARS = 2_100
+
+
+class _Group(click.Group):
+    """Turns matterflow's own errors into one clear line and an exit code, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            click.echo(f"matterflow: error: {exc}", err=True)
+            sys.exit(2)
+        except MatterflowError as exc:
+            click.echo(f"matterflow: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "MATTERFLOW", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="matterflow")
+def cli() -> None:
+    """matterflow: OCR quality, page windows and parallel Llama 3 70B analysis of legal matters."""
+
+
+def _read_document(path: Path):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror}", where=str(path)) from None
+    return parse_ocr(data, source=str(path))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_MIN_CONFIDENCE,
+    show_default=True,
+    help="Pages whose mean word confidence is below this are flagged for review.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def confidence(file: Path, min_confidence: float, as_json: bool) -> None:
+    """OCR confidence of a local OCR result FILE, per page and for the document.
+
+    FILE is an Azure Document Intelligence result (v4.0, v3.x, v2.1 or Read 3.2 JSON).
+
+    \b
+    Examples:
+      matterflow confidence lease.ocr.json
+      matterflow confidence lease.ocr.json --min-confidence 0.9 --json | jq .document.flagged_pages
+    """
+    document = _read_document(file)
+    scored = score_document(document, min_confidence)
+    if as_json:
+        click.echo(json.dumps(tables.confidence_json(scored, document, str(file)), indent=2))
+    else:
+        click.echo(tables.confidence_table(scored, document, str(file)))
+
+
+@cli.command()
+@click.argument("file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--pages", type=click.IntRange(1, 1_000_000), help="Plan for N typical pages instead of a FILE.")
+@click.option("--window", "window_pages", type=click.IntRange(1, 200), default=DEFAULT_WINDOW_PAGES, show_default=True, help="Pages each window owns.")
+@click.option("--overlap", "overlap_pages", type=click.IntRange(0, 50), default=DEFAULT_OVERLAP_PAGES, show_default=True, help="Context pages on each side.")
+@click.option("--context-tokens", type=click.IntRange(1024), default=DEFAULT_CONTEXT_TOKENS, show_default=True, help="The model's context (Llama 3 70B: 8192; 3.1: 131072).")
+@click.option("--shards", type=click.IntRange(1, 64), default=DEFAULT_SHARDS, show_default=True, help="Parallel LLM branches.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def windows(
+    file: Path | None, pages: int | None, window_pages: int, overlap_pages: int, context_tokens: int, shards: int, as_json: bool
+) -> None:
+    """How a document is cut into windows: owned pages, context pages, tokens and shards.
+
+    Give a local OCR result FILE, or --pages N for N typical pages (~350 words each).
+
+    \b
+    Examples:
+      matterflow windows --pages 120 --window 8 --overlap 2
+      matterflow windows lease.ocr.json --context-tokens 131072 --json
+    """
+    settings = {"window_pages": window_pages, "overlap_pages": overlap_pages, "context_tokens": context_tokens, "shards": shards}
+    if (file is None) == (pages is None):
+        raise click.UsageError("give either a FILE or --pages N")
+    if file is not None:
+        result = plan_document(_read_document(file), **settings)
+    else:
+        typical = estimate_tokens("x" * TYPICAL_PAGE_CHARS)
+        result = plan([(number, typical) for number in range(1, pages + 1)], **settings)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        click.echo(tables.windows_table(result))
+
+
+def main() -> None:
+    cli(prog_name="matterflow")
+
+
+if __name__ == "__main__":
+    main()
