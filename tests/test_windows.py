@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from f.matter import windows
 from f.matter.errors import InputError
-from f.matter.models import Document, Page, Word, WindowPlan
+from f.matter.models import Document, Page, WindowPlan, Word
 
 RESERVED = windows.DEFAULT_PROMPT_TOKENS + windows.DEFAULT_OUTPUT_TOKENS
 MIN_CONTEXT = RESERVED + windows.MIN_TOKEN_BUDGET
@@ -38,7 +38,9 @@ plan_settings = st.fixed_dictionaries(
         "window_pages": st.integers(1, 20),
         "overlap_pages": st.integers(0, 5),
         # small budgets (256..3000 tokens, below the 5000-token pages) or large ones (up to Llama 3.1's 128K)
-        "context_tokens": st.one_of(st.integers(MIN_CONTEXT, context_for(3000)), st.integers(MIN_CONTEXT, 131_072)),
+        "context_tokens": st.one_of(
+            st.integers(MIN_CONTEXT, context_for(3000)), st.integers(MIN_CONTEXT, 131_072)
+        ),
         "shards": st.integers(1, 8),
     }
 )
@@ -128,7 +130,10 @@ def test_overlap_context_is_truncated_at_document_edges():
 def test_overlap_context_counts_pages_not_page_numbers_when_numbers_have_gaps():
     pages = [(1, 10), (5, 10), (9, 10), (20, 10)]
     result = windows.plan(pages, window_pages=2, overlap_pages=1)
-    assert [(w.first, w.owned_first, w.owned_last, w.last) for w in result.windows] == [(1, 1, 5, 9), (5, 9, 20, 20)]
+    assert [(w.first, w.owned_first, w.owned_last, w.last) for w in result.windows] == [
+        (1, 1, 5, 9),
+        (5, 9, 20, 20),
+    ]
 
 
 def test_block_over_budget_is_split_in_halves():
@@ -195,7 +200,10 @@ def test_estimate_tokens_counts_a_page_marker_for_empty_text():
 def test_estimate_tokens_grows_with_text_length(short, extra):
     longer = short + extra
     assert windows.estimate_tokens(longer) >= windows.estimate_tokens(short)
-    assert windows.estimate_tokens(longer) == math.ceil(len(longer) / windows.CHARS_PER_TOKEN) + windows.PAGE_MARKER_TOKENS
+    assert (
+        windows.estimate_tokens(longer)
+        == math.ceil(len(longer) / windows.CHARS_PER_TOKEN) + windows.PAGE_MARKER_TOKENS
+    )
     if len(extra) >= 4:
         assert windows.estimate_tokens(longer) > windows.estimate_tokens(short)
 

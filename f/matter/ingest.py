@@ -19,10 +19,6 @@ from .errors import InputError
 from .models import PROMPT_VERSION, Document, Manifest, ManifestRefs, WindowPlan, validate_input
 from .storage import BlobStore, azure_blob, encode_json, validate_blob_path
 from .windows import (
-    DEFAULT_CONTEXT_TOKENS,
-    DEFAULT_OVERLAP_PAGES,
-    DEFAULT_SHARDS,
-    DEFAULT_WINDOW_PAGES,
     plan_document,
 )
 
@@ -41,14 +37,16 @@ class IngestInput(BaseModel):
     force: bool
 
 
+# Windmill reads defaults from the source text and sees only literals, so main()'s defaults are spelled out;
+# tests/test_workspace.py checks they equal the DEFAULT_* constants.
 def main(
     storage: azure_blob,
     blob_path: str,
-    window_pages: int = DEFAULT_WINDOW_PAGES,
-    overlap_pages: int = DEFAULT_OVERLAP_PAGES,
-    context_tokens: int = DEFAULT_CONTEXT_TOKENS,
-    model: str = DEFAULT_MODEL,
-    shards: int = DEFAULT_SHARDS,
+    window_pages: int = 8,
+    overlap_pages: int = 2,
+    context_tokens: int = 8192,
+    model: str = "llama-3-70b",
+    shards: int = 3,
     force: bool = False,
 ) -> dict:
     """Stage an OCR result for processing and plan its page windows.

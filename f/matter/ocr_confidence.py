@@ -31,7 +31,7 @@ class ConfidenceInput(BaseModel):
     min_confidence: float = Field(ge=0.0, le=1.0)
 
 
-def main(storage: azure_blob, manifest: dict, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> dict:
+def main(storage: azure_blob, manifest: dict, min_confidence: float = 0.8) -> dict:
     """Score the OCR quality of the document `ingest` staged and write confidence.json.
 
     Args:
