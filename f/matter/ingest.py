@@ -69,7 +69,7 @@ def main(
             "context_tokens": context_tokens, "model": model, "shards": shards, "force": force,
         },
     )
-    validate_blob_path(params.blob_path)
+    validate_source_path(params.blob_path)
     return asyncio.run(_main(BlobStore.from_resource(storage), params))
 
 
@@ -129,11 +129,16 @@ def run_key(content_hash: str, plan: WindowPlan, model: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def validate_source_path(blob_path: str) -> str:
+    validate_blob_path(blob_path)
+    if blob_path.startswith(f"{RESULTS_ROOT}/"):
+        raise InputError(f"{blob_path!r} is inside {RESULTS_ROOT}/, where matterflow writes its results", where="blob_path")
+    return blob_path
+
+
 def result_refs(blob_path: str, key: str) -> ManifestRefs:
     stem = blob_path[: -len(".json")] if blob_path.lower().endswith(".json") else blob_path
     prefix = f"{RESULTS_ROOT}/{stem}/{key}/"
-    if blob_path.startswith(f"{RESULTS_ROOT}/"):
-        raise InputError(f"{blob_path!r} is inside {RESULTS_ROOT}/, where matterflow writes its results", where="blob_path")
     validate_blob_path(prefix + "windows/00000.json", where="blob_path")
     return ManifestRefs(
         source=blob_path,

@@ -52,9 +52,10 @@ class azure_blob(TypedDict):
 
 MAX_BLOB_PATH = 1024
 COMPLETE_METADATA_KEY = "matterflow_complete"
-# Above this size uploads go in parallel blocks; Put Block List commits them atomically, so readers still never
-# see a half-written blob.
-DEFAULT_SINGLE_PUT_BYTES = 8 * 1024 * 1024
+# Above this size uploads are streamed in parallel blocks (aiohttp warns that a large body sent as one bytes
+# object can stall the event loop). Put Block List commits the blocks atomically, so readers still never see a
+# half-written blob.
+DEFAULT_SINGLE_PUT_BYTES = 1024 * 1024
 DEFAULT_BLOCK_BYTES = 8 * 1024 * 1024
 DEFAULT_TRANSFER_CONCURRENCY = 4
 
