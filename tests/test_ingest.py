@@ -137,7 +137,7 @@ def test_confidence_rejects_something_that_is_not_a_manifest(storage: dict) -> N
 
 
 def test_missing_blob_is_named(storage: dict) -> None:
-    with pytest.raises(BlobNotFound, match="matters/M-9/absent.json"):
+    with pytest.raises(BlobNotFound, match=r"matters/M-9/absent\.json"):
         ingest.main(storage, "matters/M-9/absent.json")
 
 
@@ -178,6 +178,6 @@ def test_bad_settings_are_named(storage: dict, arguments: dict, message: str) ->
 
 def test_a_corrupt_ocr_blob_is_named_and_nothing_is_staged(storage: dict) -> None:
     upload(storage, "matters/M-3/broken.json", b'{"status": "succeeded", "analyzeResult": {"pages": [{"pageNumber": 1, "wor')
-    with pytest.raises(OcrFormatError, match="^matters/M-3/broken.json: the JSON ends early"):
+    with pytest.raises(OcrFormatError, match=r"^matters/M-3/broken\.json: the JSON ends early"):
         ingest.main(storage, "matters/M-3/broken.json")
     assert listing(storage, "results/") == []
