@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := node_modules/.bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast lint wmill-lint clean
+.PHONY: help setup demo test test-fast lint wmill-lint samples clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+demo: setup ## run the pipeline on embedded defaults (Azurite + the bundled sample matter)
+	$(VENV)/bin/matterflow demo
+
 test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
@@ -38,6 +41,9 @@ lint: setup wmill-lint ## ruff and wmill lint
 
 wmill-lint: node_modules/.installed
 	$(NODE_BIN)/wmill lint .
+
+samples: setup ## regenerate the bundled sample matter in samples/
+	$(VENV)/bin/matterflow samples
 
 clean: ## remove the installed environments
 	rm -rf $(VENV) node_modules .pytest_cache .hypothesis

@@ -128,6 +128,27 @@ def windows(
         click.echo(tables.windows_table(result))
 
 
+@cli.command()
+def demo() -> None:
+    """Run the pipeline on embedded defaults: a real Azurite and the bundled sample matter.
+
+    Needs only `make setup`; starts Azurite in memory on a free loopback port and stops it afterwards.
+    """
+    from .demo import run_demo
+
+    run_demo()
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Folder to write into (default: samples/).")
+def samples(out: Path | None) -> None:
+    """Regenerate the bundled sample matter (synthetic Document Intelligence v4.0 results)."""
+    from .demo import SAMPLES, write_samples
+
+    for path in write_samples(out or SAMPLES):
+        click.echo(f"wrote {path}")
+
+
 def main() -> None:
     cli(prog_name="matterflow")
 
