@@ -265,3 +265,25 @@ def test_invalid_path_is_rejected_before_any_request(storage: dict) -> None:
 
     with pytest.raises(InputError, match=r"'\.\.'"):
         run(scenario())
+
+
+def test_a_sas_token_in_access_key_authenticates(azurite: Azurite, storage: dict) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(
+        account_name=storage["accountName"],
+        container_name=storage["containerName"],
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, write=True, create=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+    async def scenario():
+        async with BlobStore.from_resource({**storage, "accessKey": "?" + sas}) as store:
+            assert store.config.auth == "sas"
+            await store.write_json("sas/x.json", {"via": "sas"})
+            return await store.read_json("sas/x.json")
+
+    assert run(scenario()) == {"via": "sas"}
