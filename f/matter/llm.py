@@ -1,0 +1,510 @@
+"""The LLM endpoint pool: many OpenAI-compatible Llama 3 70B replicas behind one retry and failover policy.
+
+Endpoints are data (the `llm_pool` resource: base_url, key, model, limits, prices), not code; vLLM, Azure AI,
+Groq, Ollama and the project's simulator are all just endpoints. The OpenAI SDK's own retries are off so that
+one policy governs every call:
+
+- per-endpoint concurrency limit, and rpm / tpm token buckets when the endpoint has them;
+- `Retry-After` / `retry-after-ms` honoured: the endpoint is not asked again before then;
+- exponential backoff with full jitter, a per-request timeout;
+- a circuit breaker per endpoint (opens after repeated failures, half-opens after a cooldown);
+- failover: a retry goes to the next healthy replica; caller i prefers endpoint i mod n.
+
+Which failures retry is explicit (`RETRYABLE`); a context-length error raises `ContextLengthExceeded` so the
+caller can split the window instead; auth and not-found errors fail at once. Every attempt is recorded as a
+`CallRecord` (tokens, seconds, outcome), from which cost is derived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import enum
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, TypedDict
+
+import httpx
+import openai
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import EndpointError, InputError
+
+
+class llm_pool(TypedDict):
+    """Windmill resource type `llm_pool` (llm_pool.resource-type.yaml): OpenAI-compatible endpoints."""
+
+    endpoints: list[dict]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+class Endpoint(BaseModel):
+    """One OpenAI-compatible endpoint serving the model."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    base_url: str = Field(pattern=r"^https?://", description="e.g. http://vllm-1:8000/v1")
+    api_key: SecretStr = SecretStr("")
+    model: str = Field(min_length=1)
+    max_concurrency: int = Field(default=16, ge=1, le=4096)
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute the endpoint allows.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (in + out) per minute the endpoint allows.")
+    context_tokens: int = Field(default=8192, ge=1024)
+    price_per_million_input: float = Field(default=0.0, ge=0)
+    price_per_million_output: float = Field(default=0.0, ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.price_per_million_input + output_tokens * self.price_per_million_output) / 1e6
+
+
+def endpoints_from_resource(resource: Mapping[str, Any]) -> list[Endpoint]:
+    """Read an `llm_pool` resource, or a built-in `openai` resource as a pool of one."""
+    if not isinstance(resource, Mapping):
+        raise InputError("the llm_pool resource must be an object", where="llm_pool")
+    if "endpoints" in resource:
+        raw = resource["endpoints"]
+    elif "api_key" in resource:  # Windmill's `openai` resource (+ base_url / model for self-hosted servers)
+        raw = [
+            {
+                "name": resource.get("name") or "openai",
+                "base_url": resource.get("base_url") or "https://api.openai.com/v1",
+                "api_key": resource["api_key"],
+                "model": resource.get("model") or "gpt-4o-mini",
+                **{k: v for k, v in resource.items() if k in Endpoint.model_fields and k not in ("name", "base_url", "api_key", "model")},
+            }
+        ]
+    else:
+        raise InputError("expected {'endpoints': [...]} or an openai resource {'api_key', ...}", where="llm_pool")
+    if not isinstance(raw, list) or not raw:
+        raise InputError("needs at least one endpoint", where="llm_pool.endpoints")
+    endpoints = []
+    for index, item in enumerate(raw):
+        try:
+            endpoints.append(Endpoint.model_validate(item))
+        except ValidationError as exc:
+            # Name the field, never echo the value: it may be the API key.
+            fields = ", ".join(".".join(map(str, e["loc"])) + f" ({e['msg']})" for e in exc.errors(include_url=False))
+            raise InputError(f"endpoint #{index + 1}: {fields}", where="llm_pool.endpoints") from None
+    names = [e.name for e in endpoints]
+    if len(set(names)) != len(names):
+        raise InputError(f"endpoint names must be unique, got {names}", where="llm_pool.endpoints")
+    return endpoints
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """How hard to try one request. Defaults suit 70B models that answer in 5-60 s."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    timeout_s: float = 120.0
+    max_retry_after_s: float = 120.0
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+
+    def backoff(self, retry: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**retry)]."""
+        return rng.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**retry))
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failures
+
+
+class FailureKind(enum.StrEnum):
+    RATE_LIMITED = "rate_limited"  # 429
+    TIMEOUT = "timeout"  # 408, client timeout
+    CONFLICT = "conflict"  # 409
+    SERVER_ERROR = "server_error"  # 5xx
+    CONNECTION = "connection"  # refused, reset, DNS
+    INVALID_OUTPUT = "invalid_output"  # answer is not the JSON asked for
+    CONTEXT_LENGTH = "context_length"  # the prompt does not fit: split the window
+    AUTH = "auth"  # 401, 403
+    NOT_FOUND = "not_found"  # 404: wrong base_url or model
+    BAD_REQUEST = "bad_request"  # other 4xx
+
+
+RETRYABLE = frozenset(
+    {
+        FailureKind.RATE_LIMITED,
+        FailureKind.TIMEOUT,
+        FailureKind.CONFLICT,
+        FailureKind.SERVER_ERROR,
+        FailureKind.CONNECTION,
+        FailureKind.INVALID_OUTPUT,
+    }
+)
+_CONTEXT_MARKERS = ("context length", "context_length", "maximum context", "too many tokens", "prompt is too long")
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    detail: str
+    status: int | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map an openai / httpx exception to a Failure. Details never include request headers (the key)."""
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+        return Failure(FailureKind.TIMEOUT, "timed out")
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+        return Failure(FailureKind.CONNECTION, f"connection failed ({type(exc.__cause__ or exc).__name__})")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = f"HTTP {status}: {_short(exc.message)}"
+        retry_after = retry_after_seconds(exc.response.headers)
+        if status == 429:
+            return Failure(FailureKind.RATE_LIMITED, detail, status, retry_after)
+        if status == 408:
+            return Failure(FailureKind.TIMEOUT, detail, status, retry_after)
+        if status == 409:
+            return Failure(FailureKind.CONFLICT, detail, status, retry_after)
+        if status >= 500:
+            return Failure(FailureKind.SERVER_ERROR, detail, status, retry_after)
+        if status in (401, 403):
+            return Failure(FailureKind.AUTH, detail, status)
+        if status == 404:
+            return Failure(FailureKind.NOT_FOUND, detail, status)
+        if any(marker in (exc.message or "").lower() for marker in _CONTEXT_MARKERS):
+            return Failure(FailureKind.CONTEXT_LENGTH, detail, status)
+        return Failure(FailureKind.BAD_REQUEST, detail, status)
+    raise exc  # not an HTTP failure: a bug, let it surface
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """`retry-after-ms` (OpenAI, Azure), else `retry-after` as seconds or an HTTP date."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
+        return max(0.0, parsed.timestamp() - now()) if parsed else None
+
+
+def _short(text: str | None, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Breaker and rate limits
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; after `cooldown_s` lets one probe through (half-open); the
+    probe's success closes it, its failure opens it again."""
+
+    def __init__(self, threshold: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.cooldown_s, self._clock = threshold, cooldown_s, clock
+        self.state = BreakerState.CLOSED
+        self.failures = 0
+        self.opened_at = 0.0
+        self._probing = False
+
+    def ready_at(self) -> float:
+        """When a request may next go through (now or later)."""
+        if self.state is BreakerState.OPEN:
+            return self.opened_at + self.cooldown_s
+        return self._clock()
+
+    def try_acquire(self) -> bool:
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and self._clock() >= self.opened_at + self.cooldown_s:
+            self.state = BreakerState.HALF_OPEN
+        if self.state is BreakerState.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.state, self.failures, self._probing = BreakerState.CLOSED, 0, False
+
+    def release(self) -> None:
+        """The request ended without an answer either way (cancelled): let another probe through."""
+        self._probing = False
+
+    def record_failure(self) -> None:
+        self.failures += 1
+        if self.state is BreakerState.HALF_OPEN or self.failures >= self.threshold:
+            self.state, self.opened_at = BreakerState.OPEN, self._clock()
+        self._probing = False
+
+
+class TokenBucket:
+    """`rate_per_minute` units a minute, in bursts of at most ten seconds' worth."""
+
+    def __init__(self, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate_per_s = rate_per_minute / 60
+        self.capacity = max(1.0, rate_per_minute / 6)
+        self.tokens = self.capacity
+        self._clock = clock
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    async def take(self, amount: float) -> None:
+        amount = min(amount, self.capacity)  # a request larger than a burst still goes, after a full refill
+        async with self._lock:  # first come, first served
+            while True:
+                now = self._clock()
+                self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate_per_s)
+                self._updated = now
+                if self.tokens >= amount:
+                    self.tokens -= amount
+                    return
+                await asyncio.sleep((amount - self.tokens) / self.rate_per_s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pool
+
+
+@dataclass
+class CallRecord:
+    """One attempt at one endpoint."""
+
+    endpoint: str
+    attempt: int
+    ok: bool
+    seconds: float
+    input_tokens: int = 0
+    output_tokens: int = 0
+    failure: str | None = None
+    cost_usd: float = 0.0
+
+
+class EndpointCallFailed(EndpointError):
+    """Every attempt failed, or a failure that no retry can fix happened. Carries what each attempt cost."""
+
+    def __init__(self, message: str, failures: Sequence[Failure] = (), records: Sequence[CallRecord] = ()) -> None:
+        self.failures = list(failures)
+        self.records = list(records)
+        super().__init__(message)
+
+
+class ContextLengthExceeded(EndpointCallFailed):
+    """The prompt does not fit the endpoint's context: split the window and try again."""
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None
+    endpoint: str
+    input_tokens: int
+    output_tokens: int
+    records: list[CallRecord] = field(default_factory=list)
+
+
+class _Replica:
+    def __init__(self, endpoint: Endpoint, client: AsyncOpenAI, policy: RetryPolicy, clock: Callable[[], float]) -> None:
+        self.endpoint = endpoint
+        self.client = client
+        self.slots = asyncio.Semaphore(endpoint.max_concurrency)
+        self.breaker = CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown_s, clock)
+        self.requests = TokenBucket(endpoint.rpm, clock) if endpoint.rpm else None
+        self.tokens = TokenBucket(endpoint.tpm, clock) if endpoint.tpm else None
+        self.not_before = 0.0  # from Retry-After
+        self.json_schema_ok = True  # false once the server rejected response_format json_schema
+
+    def ready_at(self) -> float:
+        return max(self.not_before, self.breaker.ready_at())
+
+
+class EndpointPool:
+    """Owns one `AsyncOpenAI` client per endpoint. Use `async with EndpointPool(endpoints) as pool:`."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        http_client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if not endpoints:
+            raise InputError("an endpoint pool needs at least one endpoint", where="llm_pool")
+        self.endpoints = list(endpoints)
+        self.policy = policy
+        self._http_client = http_client
+        self._owns_http = http_client is None
+        self._clock, self._sleep = clock, sleep
+        self._rng = random.Random(seed)
+        self._replicas: list[_Replica] = []
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise EndpointError("this EndpointPool was closed; create a new one")
+        limit = sum(e.max_concurrency for e in self.endpoints)
+        if self._http_client is None:
+            self._http_client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=limit + 8, max_keepalive_connections=limit + 8),
+                timeout=httpx.Timeout(self.policy.timeout_s, connect=10.0),
+            )
+        self._replicas = [
+            _Replica(
+                e,
+                AsyncOpenAI(
+                    api_key=e.api_key.get_secret_value() or "none",
+                    base_url=e.base_url,
+                    max_retries=0,  # one retry policy: ours
+                    timeout=self.policy.timeout_s,
+                    http_client=self._http_client,
+                ),
+                self.policy,
+                self._clock,
+            )
+            for e in self.endpoints
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closed = True
+        if self._owns_http and self._http_client is not None:
+            await self._http_client.aclose()
+        self._replicas = []
+
+    def endpoint(self, name: str) -> Endpoint:
+        return next(e for e in self.endpoints if e.name == name)
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        prefer: int = 0,
+        response_format: dict | None = None,
+        max_tokens: int = 2048,
+        temperature: float = 0.0,
+        estimated_input_tokens: int = 0,
+    ) -> Completion:
+        """One chat completion, with retries and failover; raises EndpointCallFailed or ContextLengthExceeded."""
+        if not self._replicas:
+            raise EndpointError("EndpointPool used outside `async with`")
+        records: list[CallRecord] = []
+        failures: list[Failure] = []
+        last: _Replica | None = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            replica = await self._choose(prefer, avoid=last)
+            started = self._clock()
+            try:
+                async with replica.slots:
+                    if replica.requests:
+                        await replica.requests.take(1)
+                    if replica.tokens:
+                        await replica.tokens.take(estimated_input_tokens + max_tokens)
+                    started = self._clock()
+                    response = await replica.client.chat.completions.create(
+                        model=replica.endpoint.model,
+                        messages=messages,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        **self._format_args(replica, response_format),
+                    )
+            except asyncio.CancelledError:
+                replica.breaker.release()
+                raise
+            except (TimeoutError, openai.APIError, httpx.HTTPError) as exc:
+                failure = classify(exc)
+                if failure.kind is FailureKind.BAD_REQUEST and response_format and replica.json_schema_ok and "response_format" in failure.detail:
+                    replica.json_schema_ok = False  # server without json_schema: fall back to json_object
+                    failure = Failure(FailureKind.INVALID_OUTPUT, "json_schema unsupported; falling back to json_object")
+                records.append(CallRecord(replica.endpoint.name, attempt, False, self._clock() - started, failure=failure.kind.value))
+                failures.append(failure)
+                if failure.kind is FailureKind.CONTEXT_LENGTH:
+                    raise ContextLengthExceeded(f"{replica.endpoint.name}: {failure.detail}", failures, records) from None
+                if not failure.retryable:
+                    replica.breaker.record_failure()
+                    raise EndpointCallFailed(
+                        f"{replica.endpoint.name}: {failure.kind.value}: {failure.detail}", failures, records
+                    ) from None
+                replica.breaker.record_failure()
+                if failure.retry_after_s is not None:
+                    replica.not_before = self._clock() + min(failure.retry_after_s, self.policy.max_retry_after_s)
+                last = replica
+                await self._pause_before_retry(attempt, replica)
+                continue
+            replica.breaker.record_success()
+            usage = response.usage
+            input_tokens = usage.prompt_tokens if usage else 0
+            output_tokens = usage.completion_tokens if usage else 0
+            record = CallRecord(
+                replica.endpoint.name, attempt, True, self._clock() - started, input_tokens, output_tokens,
+                cost_usd=replica.endpoint.cost(input_tokens, output_tokens),
+            )
+            records.append(record)
+            choice = response.choices[0]
+            return Completion(
+                text=choice.message.content or "",
+                finish_reason=choice.finish_reason,
+                endpoint=replica.endpoint.name,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                records=records,
+            )
+        summary = ", ".join(f"{f.kind.value}" for f in failures)
+        raise EndpointCallFailed(f"all {self.policy.max_attempts} attempts failed ({summary})", failures, records)
+
+    @staticmethod
+    def _format_args(replica: _Replica, response_format: dict | None) -> dict:
+        if response_format is None:
+            return {}
+        if replica.json_schema_ok or response_format.get("type") != "json_schema":
+            return {"response_format": response_format}
+        return {"response_format": {"type": "json_object"}}
+
+    async def _choose(self, prefer: int, avoid: _Replica | None) -> _Replica:
+        """The preferred replica if it can take a request now, else the next one that can (failover); a replica
+        that just failed goes last. When none can, wait for the first to become ready."""
+        count = len(self._replicas)
+        order = [self._replicas[(prefer + step) % count] for step in range(count)]
+        if avoid is not None and count > 1:
+            order.remove(avoid)
+            order.append(avoid)
+        while True:
+            now = self._clock()
+            for replica in order:
+                if replica.not_before <= now and replica.breaker.try_acquire():
+                    return replica
+            wait = min(replica.ready_at() for replica in order) - now
+            await self._sleep(min(max(wait, 0.01), self.policy.max_delay_s))
+
+    async def _pause_before_retry(self, attempt: int, failed: _Replica) -> None:
+        """No pause when another replica can take the retry now; otherwise backoff with full jitter."""
+        now = self._clock()
+        if any(r is not failed and r.not_before <= now and r.breaker.state is BreakerState.CLOSED for r in self._replicas):
+            return
+        await self._sleep(self.policy.backoff(attempt - 1, self._rng))
