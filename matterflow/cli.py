@@ -13,6 +13,8 @@ MATTERFLOW_CONFIDENCE_MIN_CONFIDENCE=0.9. Errors are one line on stderr and a no
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -33,6 +35,7 @@ from f.matter.windows import (
 )
 
 from . import tables
+from .sim import FAULTS, SimConfig, serve
 
 # ~350 words of legal prose a page, ~6 characters a word with the space: the page a `--pages N` plan assumes.
 TYPICAL_PAGE_CHARS = 2_100
@@ -126,6 +129,43 @@ def windows(
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         click.echo(tables.windows_table(result))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--model", default="llama-3-70b-sim", show_default=True)
+@click.option("--latency-ms", type=click.FloatRange(0), default=200.0, show_default=True, help="Time to first token.")
+@click.option("--tokens-per-s", type=click.FloatRange(1), default=400.0, show_default=True, help="Output speed.")
+@click.option("--capacity", type=click.IntRange(1), default=64, show_default=True, help="Concurrent requests; more queue (vLLM max-num-seqs).")
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Share of requests that get a fault.")
+@click.option("--faults", default=",".join(FAULTS), show_default=True, help="Faults to draw from.")
+@click.option("--fault-script", default="", help="Faults for successive requests, e.g. 429,ok,500 ('ok' = no fault).")
+@click.option("--retry-after", "retry_after_s", type=click.FloatRange(0), default=1.0, show_default=True, help="Seconds in 429 Retry-After.")
+@click.option("--hang-s", type=click.FloatRange(0), default=600.0, show_default=True, help="How long a 'timeout' fault hangs.")
+@click.option("--rpm", type=click.IntRange(1), default=None, help="Answer 429 beyond this many requests a minute.")
+@click.option("--context-tokens", type=click.IntRange(1), default=None, help="Answer 400 context length above this.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sim(host: str, port: int, faults: str, fault_script: str, **settings) -> None:
+    """An OpenAI-compatible Llama 3 70B simulator for tests, the demo and benchmarks.
+
+    \b
+    Examples:
+      matterflow sim --port 8001 --latency-ms 2000 --capacity 64
+      matterflow sim --port 8002 --fault-rate 0.2 --faults 429,503,malformed --seed 7
+      curl localhost:8001/sim/stats
+    """
+    config = SimConfig(faults=_csv(faults), fault_script=_csv(fault_script), **settings)
+    try:
+        config.update({"faults": config.faults, "fault_script": config.fault_script})
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host, port))
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @cli.command()

@@ -175,28 +175,35 @@ def keep_owned(analysis: WindowAnalysis, owned: set[int]) -> tuple[WindowAnalysi
 # The window task
 
 
-class WindowUsage(BaseModel):
+class Usage(BaseModel):
     calls: int = 0
     failed_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
-    endpoints: dict[str, int] = Field(default_factory=dict, description="Successful calls per endpoint.")
+
+    def add(self, other: Usage) -> Usage:
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields})
+
+
+class WindowUsage(Usage):
+    endpoints: dict[str, Usage] = Field(default_factory=dict, description="The same figures per endpoint.")
 
     @classmethod
     def from_records(cls, records: Sequence[CallRecord]) -> WindowUsage:
-        endpoints: dict[str, int] = {}
+        endpoints: dict[str, Usage] = {}
+        total = Usage()
         for record in records:
-            if record.ok:
-                endpoints[record.endpoint] = endpoints.get(record.endpoint, 0) + 1
-        return cls(
-            calls=len(records),
-            failed_calls=sum(1 for r in records if not r.ok),
-            input_tokens=sum(r.input_tokens for r in records),
-            output_tokens=sum(r.output_tokens for r in records),
-            cost_usd=sum(r.cost_usd for r in records),
-            endpoints=endpoints,
-        )
+            one = Usage(
+                calls=1,
+                failed_calls=0 if record.ok else 1,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                cost_usd=record.cost_usd,
+            )
+            endpoints[record.endpoint] = endpoints.get(record.endpoint, Usage()).add(one)
+            total = total.add(one)
+        return cls(**total.model_dump(), endpoints=endpoints)
 
 
 class WindowResult(BaseModel):

@@ -1,0 +1,181 @@
+"""Flow branch x K: one shard of windows -> many concurrent Llama 3 70B calls, each answer checkpointed at once.
+
+The flow runs K of these in parallel (shard 0..K-1), next to the OCR-confidence branch. Each shard reads the
+staged document, skips windows already checkpointed for this run_key (a rerun resumes; `force` recomputes),
+asks the endpoint pool about the rest concurrently (shard i prefers endpoint i mod n), and writes
+`windows/NNNNN.json` the moment a window's answer is in. Failed windows are listed with their reasons and are
+not checkpointed, so a rerun tries them again. Returns a small summary: counts, attempts, tokens, cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+
+import wmill
+from pydantic import BaseModel, ConfigDict, Field
+
+from .analysis import Usage, WindowResult, analyze_window
+from .errors import EndpointError, InputError
+from .llm import EndpointPool, RetryPolicy, endpoints_from_resource, llm_pool
+from .models import Document, Manifest, Window, validate_input
+from .storage import BlobStore, azure_blob, encode_json
+
+# The same comparison the project was founded on: these tokens at Claude 3.5 Sonnet's list price.
+CLAUDE_SONNET_PRICE_PER_MILLION = (3.0, 15.0)
+LOW_CONFIDENCE_WARNING = 0.80
+
+
+class FanoutInput(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    shard: int = Field(ge=0, le=63)
+    force: bool
+    max_attempts: int = Field(ge=1, le=20)
+    timeout_s: float = Field(gt=0, le=3600)
+
+
+def main(
+    storage: azure_blob,
+    manifest: dict,
+    llm_pool: llm_pool,
+    shard: int = 0,
+    force: bool = False,
+    max_attempts: int = 6,
+    timeout_s: float = 120.0,
+) -> dict:
+    """Analyse one shard of the document's windows with the LLM endpoint pool.
+
+    Args:
+        storage: The blob storage holding the matter (Windmill resource `azure_blob`).
+        manifest: The manifest `ingest` returned.
+        llm_pool: OpenAI-compatible Llama endpoints (resource `llm_pool`, or an `openai` resource as a pool of one).
+        shard: Which of the manifest's shards this branch runs (0-based).
+        force: Recompute windows even when a checkpoint exists for this run.
+        max_attempts: Attempts per LLM call across all endpoints, retries and failover included.
+        timeout_s: Seconds one LLM call may take.
+    """
+    run = validate_input(Manifest, manifest, where="manifest")
+    params = validate_input(FanoutInput, {"shard": shard, "force": force, "max_attempts": max_attempts, "timeout_s": timeout_s})
+    if params.shard >= len(run.plan.shards):
+        raise InputError(f"shard {params.shard} does not exist; the plan has {len(run.plan.shards)} shards", where="shard")
+    endpoints = endpoints_from_resource(llm_pool)
+    policy = RetryPolicy(max_attempts=params.max_attempts, timeout_s=params.timeout_s)
+    return asyncio.run(
+        _main(BlobStore.from_resource(storage), EndpointPool(endpoints, policy=policy), run, params.shard, params.force)
+    )
+
+
+async def _main(store: BlobStore, pool: EndpointPool, run: Manifest, shard: int, force: bool, progress=None) -> dict:
+    started = time.monotonic()
+    progress = progress or _windmill_progress()
+    windows = [w for w in run.plan.windows if w.index in set(run.plan.shards[shard])]
+    async with store, pool:
+        done = set() if force else await checkpointed(store, run)
+        todo = [w for w in windows if w.index not in done]
+        document = await store.read_document(run.refs.document) if todo else None
+        results = await run_windows(store, pool, run, document, todo, shard, force, progress) if todo else []
+    summary = summarize(run, shard, windows, results, skipped=len(windows) - len(todo), pool=pool, seconds=time.monotonic() - started)
+    if results and not any(r.status == "ok" for r in results):
+        raise EndpointError(
+            f"shard {shard}: all {len(results)} windows failed; first reason: {results[0].error}. "
+            "Nothing was checkpointed for them; rerun when the endpoints are back."
+        )
+    return summary
+
+
+async def checkpointed(store: BlobStore, run: Manifest) -> set[int]:
+    """Window indexes whose answer is already in blob for this run_key."""
+    names = await store.list_paths(run.refs.windows)
+    return {int(name.rsplit("/", 1)[-1][:-5]) for name in names if name.endswith(".json") and name.rsplit("/", 1)[-1][:-5].isdigit()}
+
+
+def window_ref(run: Manifest, index: int) -> str:
+    return f"{run.refs.windows}{index:05d}.json"
+
+
+async def run_windows(store, pool, run: Manifest, document: Document, windows: list[Window], shard: int, force: bool, progress) -> list[WindowResult]:
+    """All windows at once; the pool's per-endpoint limits decide how many are in flight. A task group owns every
+    task: if one raises (storage down), the others are cancelled and nothing is left running."""
+    low = low_confidence_pages(document)
+    by_number = {page.number: page for page in document.pages}
+    finished = 0
+
+    async def one(window: Window) -> WindowResult:
+        nonlocal finished
+        pages = [by_number[n] for n in sorted(by_number) if window.first <= n <= window.last]
+        result = await analyze_window(pool, window, pages, prefer=shard, low_confidence=low)
+        if result.status == "ok":
+            data = encode_json(result)
+            if force:
+                await store.write_bytes(window_ref(run, window.index), data, content_type="application/json")
+            else:
+                await store.write_new(window_ref(run, window.index), data)
+        finished += 1
+        progress(finished, len(windows))
+        return result
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(window)) for window in windows]
+    return [task.result() for task in tasks]
+
+
+def low_confidence_pages(document: Document, threshold: float = LOW_CONFIDENCE_WARNING) -> dict[int, float]:
+    """Pages whose mean word confidence is below the threshold, computed here so the fan-out does not wait for
+    the confidence branch that runs beside it."""
+    low = {}
+    for page in document.pages:
+        if page.words:
+            mean = math.fsum(word.confidence for word in page.words) / len(page.words)
+            if mean < threshold:
+                low[page.number] = mean
+    return low
+
+
+def summarize(run: Manifest, shard: int, windows: list[Window], results: list[WindowResult], *, skipped: int, pool: EndpointPool, seconds: float) -> dict:
+    per_endpoint: dict[str, Usage] = {}
+    for result in results:
+        for name, usage in result.usage.endpoints.items():
+            per_endpoint[name] = per_endpoint.get(name, Usage()).add(usage)
+    input_tokens = sum(r.usage.input_tokens for r in results)
+    output_tokens = sum(r.usage.output_tokens for r in results)
+    sonnet_in, sonnet_out = CLAUDE_SONNET_PRICE_PER_MILLION
+    return {
+        "shard": shard,
+        "run_key": run.run_key,
+        "windows": len(windows),
+        "ok": sum(1 for r in results if r.status == "ok"),
+        "failed": sum(1 for r in results if r.status == "failed"),
+        "skipped_checkpointed": skipped,
+        "failed_windows": [{"window": r.window.index, "pages": f"{r.window.owned_first}-{r.window.owned_last}", "reason": r.error} for r in results if r.status == "failed"],
+        "calls": sum(r.usage.calls for r in results),
+        "failed_calls": sum(r.usage.failed_calls for r in results),
+        "repaired": sum(1 for r in results if r.repaired),
+        "dropped_items": sum(r.dropped_items for r in results),
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost_usd": round(sum(r.usage.cost_usd for r in results), 6),
+        "claude_3_5_sonnet_cost_usd": round((input_tokens * sonnet_in + output_tokens * sonnet_out) / 1e6, 6),
+        "per_endpoint": {name: usage.model_dump() for name, usage in sorted(per_endpoint.items())},
+        "seconds": round(seconds, 3),
+        "checkpoints": run.refs.windows,
+    }
+
+
+def _windmill_progress():
+    """Report progress to Windmill when running on a worker; a no-op elsewhere."""
+    if not os.environ.get("WM_JOB_ID") or not os.environ.get("WM_TOKEN"):
+        return lambda done, total: None
+    last = {"percent": -1}
+
+    def report(done: int, total: int) -> None:
+        percent = min(99, int(100 * done / max(total, 1)))
+        if percent >= last["percent"] + 5:
+            last["percent"] = percent
+            # A short blocking call, at most 20 times a shard; progress is cosmetic, so it never fails a shard.
+            with contextlib.suppress(Exception):
+                wmill.set_progress(percent)
+
+    return report
