@@ -55,3 +55,40 @@ def container(azurite: Azurite) -> str:
 def storage(azurite: Azurite, container: str) -> dict:
     """The Windmill `azure_blob` resource of a fresh container in Azurite, as a flow step receives it."""
     return azurite.resource(container)
+
+
+FAST_SIM = {"latency_ms": 5.0, "tokens_per_s": 20000.0, "capacity": 64, "fault_rate": 0.0, "fault_script": [], "down": False, "rpm": None, "hang_s": 600.0, "retry_after_s": 0.2}
+
+
+@pytest.fixture(scope="session")
+def simulator_processes() -> Iterator[list]:
+    """Three real simulator processes on loopback: the replicas of one Llama 3 70B pool."""
+    from matterflow.sim import SimulatorProcess
+
+    sims = [SimulatorProcess(name=f"sim-{i}", seed=i) for i in range(3)]
+    try:
+        for sim in sims:
+            sim.start()
+        yield sims
+    finally:
+        for sim in sims:
+            sim.stop()
+
+
+@pytest.fixture
+def simulators(simulator_processes: list) -> list:
+    """The three simulators, fast and fault-free, with their counters at zero."""
+    for sim in simulator_processes:
+        sim.configure(**FAST_SIM)
+        sim.reset()
+    return simulator_processes
+
+
+@pytest.fixture
+def llm_pool(simulators: list) -> dict:
+    """An `llm_pool` resource over the three simulators, with prices so costs are non-zero."""
+    return {
+        "endpoints": [
+            sim.endpoint(price_per_million_input=0.59, price_per_million_output=0.79) for sim in simulators
+        ]
+    }

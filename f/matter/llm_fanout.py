@@ -77,7 +77,9 @@ async def _main(store: BlobStore, pool: EndpointPool, run: Manifest, shard: int,
         todo = [w for w in windows if w.index not in done]
         document = await store.read_document(run.refs.document) if todo else None
         results = await run_windows(store, pool, run, document, todo, shard, force, progress) if todo else []
-    summary = summarize(run, shard, windows, results, skipped=len(windows) - len(todo), pool=pool, seconds=time.monotonic() - started)
+        summary = summarize(run, shard, windows, results, skipped=len(windows) - len(todo), seconds=time.monotonic() - started)
+        # The shard's record, failures included, survives even when this step fails below.
+        await store.write_json(shard_ref(run, shard), summary)
     if results and not any(r.status == "ok" for r in results):
         raise EndpointError(
             f"shard {shard}: all {len(results)} windows failed; first reason: {results[0].error}. "
@@ -94,6 +96,10 @@ async def checkpointed(store: BlobStore, run: Manifest) -> set[int]:
 
 def window_ref(run: Manifest, index: int) -> str:
     return f"{run.refs.windows}{index:05d}.json"
+
+
+def shard_ref(run: Manifest, shard: int) -> str:
+    return f"{run.refs.prefix}shards/{shard:02d}.json"
 
 
 async def run_windows(store, pool, run: Manifest, document: Document, windows: list[Window], shard: int, force: bool, progress) -> list[WindowResult]:
@@ -134,7 +140,7 @@ def low_confidence_pages(document: Document, threshold: float = LOW_CONFIDENCE_W
     return low
 
 
-def summarize(run: Manifest, shard: int, windows: list[Window], results: list[WindowResult], *, skipped: int, pool: EndpointPool, seconds: float) -> dict:
+def summarize(run: Manifest, shard: int, windows: list[Window], results: list[WindowResult], *, skipped: int, seconds: float) -> dict:
     per_endpoint: dict[str, Usage] = {}
     for result in results:
         for name, usage in result.usage.endpoints.items():
