@@ -146,7 +146,7 @@ def test_a_rerun_resumes_and_never_recalls_finished_windows(storage: dict, llm_p
         task = asyncio.create_task(llm_fanout._main(store, pool, manifest, 0, False))
         deadline = time.monotonic() + 60
         async with BlobStore.from_resource(storage) as probe:
-            while len(done := await llm_fanout.checkpointed(probe, manifest)) < 3:
+            while len(await llm_fanout.checkpointed(probe, manifest)) < 3:
                 assert time.monotonic() < deadline and not task.done(), "fan-out did not make progress"
                 await asyncio.sleep(0.05)  # polling blob storage with a deadline, not synchronising on time
         task.cancel()
