@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := node_modules/.bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint wmill-lint samples clean
+.PHONY: help setup bench demo test test-fast lint wmill-lint samples clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,10 @@ node_modules/.installed: package.json package-lock.json
 
 demo: setup ## run the pipeline on embedded defaults (Azurite + the bundled sample matter)
 	$(VENV)/bin/matterflow demo
+
+bench: setup ## run every benchmark side by side and rewrite bench/RESULTS.md (several minutes)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(VENV)/bin/matterflow bench all --out bench
 
 test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
 	$(PY) -m pytest $(PYTEST_ARGS)

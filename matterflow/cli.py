@@ -189,6 +189,45 @@ def samples(out: Path | None) -> None:
         click.echo(f"wrote {path}")
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks: figures measured side by side in one run (see bench/RESULTS.md)."""
+
+
+@bench.command("fanout")
+@click.option("--windows", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--latency-ms", type=click.FloatRange(1), default=2000.0, show_default=True, help="Seconds per simulated call x 1000.")
+@click.option("--throttled", is_flag=True, help="One endpoint limited to --rpm requests a minute instead (default 300 windows).")
+@click.option("--rpm", type=click.IntRange(1), default=600, show_default=True)
+@click.option("--no-peers", is_flag=True, help="Measure matterflow only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def bench_fanout(windows: int, latency_ms: float, throttled: bool, rpm: int, no_peers: bool, as_json: bool) -> None:
+    """The fan-out vs gather, semaphore, LangChain and raw aiohttp on the same simulators.
+
+    \b
+    Examples:
+      matterflow bench fanout                          # 1,000 windows, 2 s per call
+      matterflow bench fanout --latency-ms 200 --json  # client CPU per request
+      matterflow bench fanout --throttled --windows 300
+    """
+    from . import bench as benchmarks
+
+    if throttled:
+        report = benchmarks.throttled(windows=windows, rpm=rpm)
+    else:
+        report = benchmarks.fanout(windows=windows, latency_ms=latency_ms, peers=not no_peers)
+    click.echo(benchmarks.dumps(report) if as_json else benchmarks.table(report))
+
+
+@bench.command("all")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench"), show_default=True)
+def bench_all(out: Path) -> None:
+    """Run every benchmark scenario and rewrite OUT/RESULTS.md (what `make bench` runs)."""
+    from . import bench as benchmarks
+
+    click.echo(f"wrote {benchmarks.run_all(out)}")
+
+
 def main() -> None:
     cli(prog_name="matterflow")
 

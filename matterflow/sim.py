@@ -7,7 +7,7 @@ answer, and the k-th time a prompt is seen draws the same fault.
 
 Latency: time to first token + output tokens / tokens-per-second; requests beyond `capacity` queue, like vLLM's
 max-num-seqs. Faults by rate or by script: 429 with Retry-After, 500/502/503, hung requests, connection resets,
-malformed JSON, truncated output (finish_reason=length); `down` answers 503 to all; `rpm` throttles with 429.
+malformed JSON, truncated output (finish_reason=length); `down` answers 503 to all; `rpm` throttles with 429 (refilled continuously, bursts of one second's worth).
 `/sim/stats` reports calls, tokens, faults and how often each window was answered; `/sim/config` changes
 settings at run time; `/sim/reset` clears the counters.
 """
@@ -22,7 +22,7 @@ import random
 import re
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
@@ -87,7 +87,7 @@ class Simulator:
         self._slots = asyncio.Semaphore(self.config.capacity)
         self._capacity = self.config.capacity
         self._seen: Counter[str] = Counter()
-        self._recent: deque[float] = deque()
+        self._allowance, self._allowance_at = float("inf"), time.monotonic()
         self.reset()
 
     def reset(self) -> None:
@@ -194,13 +194,8 @@ class Simulator:
             return None if step == "ok" else step
         if config.down:
             return "503"
-        if config.rpm:
-            now = time.monotonic()
-            while self._recent and now - self._recent[0] > 60:
-                self._recent.popleft()
-            if len(self._recent) >= config.rpm:
-                return "429"
-            self._recent.append(now)
+        if config.rpm and not self._admit(config.rpm):
+            return "429"
         if config.fault_rate > 0 and config.faults:
             digest = hashlib.sha256(f"{config.seed}|{prompt}".encode()).hexdigest()
             self._seen[digest] += 1
@@ -208,6 +203,17 @@ class Simulator:
             if rng.random() < config.fault_rate:
                 return rng.choice(config.faults)
         return None
+
+    def _admit(self, rpm: int) -> bool:
+        """Rate limit like hosted APIs: `rpm` a minute, refilled continuously, bursts of one second's worth."""
+        now = time.monotonic()
+        capacity = max(1.0, rpm / 60)
+        self._allowance = min(capacity, self._allowance + (now - self._allowance_at) * rpm / 60)
+        self._allowance_at = now
+        if self._allowance >= 1:
+            self._allowance -= 1
+            return True
+        return False
 
     def _error(self, status: int, fault: str | None, message: str | None = None) -> web.Response:
         if fault:

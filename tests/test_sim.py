@@ -130,8 +130,7 @@ def test_requests_beyond_capacity_queue(simulators: list) -> None:
 
 def test_rpm_limit_and_down_switch(simulators: list) -> None:
     sim = simulators[0]
-    sim.configure(rpm=2)
-    ask(sim)
+    sim.configure(rpm=2)  # bursts of one request, refilled every 30 s
     ask(sim)
     with pytest.raises(openai.RateLimitError):
         ask(sim)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from f.matter import ingest, ocr_confidence, windows
+from f.matter import ingest, llm, ocr_confidence, windows
 from matterflow.windmill_parser import parse_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 WMILL = ROOT / "node_modules" / ".bin" / "wmill"
 SCRIPTS = sorted((ROOT / "f").rglob("*.py"))
 # Scripts that Windmill runs (they have main()); every other module under f/ is a library Windmill imports.
-RUNNABLE = {"f/matter/ingest", "f/matter/ocr_confidence"}
+RUNNABLE = {"f/matter/ingest", "f/matter/ocr_confidence", "f/matter/llm_fanout"}
 
 pytestmark = pytest.mark.node
 
@@ -89,6 +89,28 @@ def test_ocr_confidence_form(parsed: dict[str, dict]) -> None:
     assert args["manifest"]["typ"] == {"object": {"name": None, "props": []}}
     assert args["min_confidence"]["typ"] == "float"
     assert args["min_confidence"]["default"] == ocr_confidence.DEFAULT_MIN_CONFIDENCE
+
+
+def test_llm_fanout_form_has_storage_and_pool_pickers(parsed: dict[str, dict]) -> None:
+    args = _args(parsed, "f/matter/llm_fanout")
+    assert args["storage"]["typ"] == {"resource": "azure_blob"}
+    assert args["llm_pool"]["typ"] == {"resource": "llm_pool"}
+    defaults = {name: arg["default"] for name, arg in args.items() if arg["has_default"]}
+    assert defaults == {
+        "shard": 0,
+        "force": False,
+        "max_attempts": llm.DEFAULT_POLICY.max_attempts,
+        "timeout_s": llm.DEFAULT_POLICY.timeout_s,
+    }
+
+
+def test_llm_pool_resource_type_describes_every_endpoint_field() -> None:
+    """The resource type the UI shows and the Endpoint model the code validates must agree."""
+    spec = yaml.safe_load((ROOT / "llm_pool.resource-type.yaml").read_text())
+    item = spec["schema"]["properties"]["endpoints"]["items"]
+    assert set(item["properties"]) == set(llm.Endpoint.model_fields)
+    assert set(item["required"]) == {n for n, f in llm.Endpoint.model_fields.items() if f.is_required()}
+    assert all(prop.get("description") for prop in item["properties"].values())
 
 
 def test_relative_imports_resolve_to_workspace_scripts(parsed: dict[str, dict]) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypedDict
 
 import httpx
+import httpx2
 import openai
 from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -107,6 +108,7 @@ class RetryPolicy:
     max_delay_s: float = 30.0
     timeout_s: float = 120.0
     max_retry_after_s: float = 120.0
+    max_throttled_retries: int = 200  # 429s wait for the endpoint instead of spending attempts
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 30.0
 
@@ -162,9 +164,9 @@ class Failure:
 
 def classify(exc: BaseException) -> Failure:
     """Map an openai / httpx exception to a Failure. Details never include request headers (the key)."""
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException | asyncio.TimeoutError):
         return Failure(FailureKind.TIMEOUT, "timed out")
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError):
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | httpx2.TransportError):
         return Failure(FailureKind.CONNECTION, f"connection failed ({type(exc.__cause__ or exc).__name__})")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -263,11 +265,12 @@ class CircuitBreaker:
 
 
 class TokenBucket:
-    """`rate_per_minute` units a minute, in bursts of at most ten seconds' worth."""
+    """`rate_per_minute` units a minute, refilled continuously, in bursts of at most one second's worth (hosted
+    APIs enforce their per-minute limits over short windows, so a minute's worth at once would meet 429s)."""
 
     def __init__(self, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate_per_s = rate_per_minute / 60
-        self.capacity = max(1.0, rate_per_minute / 6)
+        self.capacity = max(1.0, rate_per_minute / 60)
         self.tokens = self.capacity
         self._clock = clock
         self._updated = clock()
@@ -369,12 +372,6 @@ class EndpointPool:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise EndpointError("this EndpointPool was closed; create a new one")
-        limit = sum(e.max_concurrency for e in self.endpoints)
-        if self._http_client is None:
-            self._http_client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=limit + 8, max_keepalive_connections=limit + 8),
-                timeout=httpx.Timeout(self.policy.timeout_s, connect=10.0),
-            )
         self._replicas = [
             _Replica(
                 e,
@@ -383,7 +380,7 @@ class EndpointPool:
                     base_url=e.base_url,
                     max_retries=0,  # one retry policy: ours
                     timeout=self.policy.timeout_s,
-                    http_client=self._http_client,
+                    http_client=self._http_client or self._connections(e),
                 ),
                 self.policy,
                 self._clock,
@@ -392,9 +389,24 @@ class EndpointPool:
         ]
         return self
 
+    def _connections(self, endpoint: Endpoint) -> httpx2.AsyncClient:
+        """One connection pool per endpoint, sized to its concurrency, on the SDK's aiohttp transport.
+
+        Measured here (bench/RESULTS.md): a classic `httpx.AsyncClient` shared by all endpoints cost ~3x the
+        client CPU per call of the SDK's default client (httpcore scans its whole pool on every request); the
+        SDK's aiohttp transport costs ~20% less than its default httpx2 client."""
+        size = endpoint.max_concurrency + 4
+        return openai.DefaultAioHttpClient(
+            limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
+            timeout=httpx2.Timeout(self.policy.timeout_s, connect=10.0),
+        )
+
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
-        if self._owns_http and self._http_client is not None:
+        if self._owns_http:
+            for replica in self._replicas:
+                await replica.client.close()
+        elif self._http_client is not None:
             await self._http_client.aclose()
         self._replicas = []
 
@@ -417,11 +429,15 @@ class EndpointPool:
         records: list[CallRecord] = []
         failures: list[Failure] = []
         last: _Replica | None = None
-        for attempt in range(1, self.policy.max_attempts + 1):
+        attempts = throttled = 0
+        while True:
             replica = await self._choose(prefer, avoid=last)
             started = self._clock()
             try:
                 async with replica.slots:
+                    # Requests that queued for a slot before the endpoint said Retry-After wait for it too.
+                    while (wait := replica.not_before - self._clock()) > 0:
+                        await self._sleep(wait + self._rng.uniform(0, min(wait, 1.0)))
                     if replica.requests:
                         await replica.requests.take(1)
                     if replica.tokens:
@@ -437,35 +453,48 @@ class EndpointPool:
             except asyncio.CancelledError:
                 replica.breaker.release()
                 raise
-            except (TimeoutError, openai.APIError, httpx.HTTPError) as exc:
+            except (TimeoutError, openai.APIError, httpx.HTTPError, httpx2.HTTPError) as exc:
                 failure = classify(exc)
                 if failure.kind is FailureKind.BAD_REQUEST and response_format and replica.json_schema_ok and "response_format" in failure.detail:
                     replica.json_schema_ok = False  # server without json_schema: fall back to json_object
                     failure = Failure(FailureKind.INVALID_OUTPUT, "json_schema unsupported; falling back to json_object")
-                records.append(CallRecord(replica.endpoint.name, attempt, False, self._clock() - started, failure=failure.kind.value))
+                records.append(CallRecord(replica.endpoint.name, attempts + throttled + 1, False, self._clock() - started, failure=failure.kind.value))
                 failures.append(failure)
                 if failure.kind is FailureKind.CONTEXT_LENGTH:
                     raise ContextLengthExceeded(f"{replica.endpoint.name}: {failure.detail}", failures, records) from None
+                if failure.kind is FailureKind.RATE_LIMITED:
+                    throttled += 1
+                    pause = failure.retry_after_s if failure.retry_after_s is not None else self.policy.backoff(min(throttled, 8), self._rng)
+                    replica.not_before = max(replica.not_before, self._clock() + min(pause, self.policy.max_retry_after_s))
+                    replica.breaker.release()
+                    if throttled <= self.policy.max_throttled_retries:
+                        # A throttled endpoint is healthy, only busy: wait for it (or fail over) without spending
+                        # an attempt or counting against its breaker.
+                        last = replica
+                        continue
+                elif failure.retry_after_s is not None:
+                    replica.not_before = self._clock() + min(failure.retry_after_s, self.policy.max_retry_after_s)
+                replica.breaker.record_failure()
+                attempts += 1
                 if not failure.retryable:
-                    replica.breaker.record_failure()
                     raise EndpointCallFailed(
                         f"{replica.endpoint.name}: {failure.kind.value}: {failure.detail}", failures, records
                     ) from None
-                replica.breaker.record_failure()
-                if failure.retry_after_s is not None:
-                    replica.not_before = self._clock() + min(failure.retry_after_s, self.policy.max_retry_after_s)
+                if attempts >= self.policy.max_attempts:
+                    break
                 last = replica
-                await self._pause_before_retry(attempt, replica)
+                await self._pause_before_retry(attempts, replica)
                 continue
             replica.breaker.record_success()
             usage = response.usage
             input_tokens = usage.prompt_tokens if usage else 0
             output_tokens = usage.completion_tokens if usage else 0
-            record = CallRecord(
-                replica.endpoint.name, attempt, True, self._clock() - started, input_tokens, output_tokens,
-                cost_usd=replica.endpoint.cost(input_tokens, output_tokens),
+            records.append(
+                CallRecord(
+                    replica.endpoint.name, attempts + throttled + 1, True, self._clock() - started, input_tokens, output_tokens,
+                    cost_usd=replica.endpoint.cost(input_tokens, output_tokens),
+                )
             )
-            records.append(record)
             choice = response.choices[0]
             return Completion(
                 text=choice.message.content or "",
@@ -475,7 +504,7 @@ class EndpointPool:
                 output_tokens=output_tokens,
                 records=records,
             )
-        summary = ", ".join(f"{f.kind.value}" for f in failures)
+        summary = ", ".join(f.kind.value for f in failures)
         raise EndpointCallFailed(f"all {self.policy.max_attempts} attempts failed ({summary})", failures, records)
 
     @staticmethod

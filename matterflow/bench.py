@@ -1,0 +1,293 @@
+"""`matterflow bench fanout`: the fan-out against its peers, side by side in one run, on the same simulators.
+
+Peers, each sending the same window prompts to the same three simulator processes:
+- `gather`: `asyncio.gather` over `AsyncOpenAI` calls, unbounded (SDK defaults);
+- `semaphore`: `AsyncOpenAI` with a semaphore of 64 per endpoint (SDK defaults otherwise);
+- `langchain`: LangChain `ChatOpenAI.abatch(max_concurrency=64)` per endpoint;
+- `aiohttp`: raw aiohttp POSTs with a semaphore of 64 per endpoint (the floor of client cost).
+matterflow runs its real fan-out path: `EndpointPool` + `analyze_window` (validation, page filtering, usage
+records) + a checkpoint per window written to a real Azurite.
+
+Figures are ratios measured in the same run: wall time / the ideal `ceil(windows / (3 x 64)) x seconds per call`,
+and client CPU milliseconds per request (this process's CPU time; the simulators run in their own processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+from openai import AsyncOpenAI
+
+from f.matter import ingest, llm_fanout
+from f.matter.analysis import RESPONSE_FORMAT, build_messages
+from f.matter.documents import parse_ocr
+from f.matter.llm import Endpoint, EndpointPool, RetryPolicy
+from f.matter.models import Document, Manifest
+from f.matter.storage import BlobStore
+from matterflow.azurite import Azurite
+from matterflow.sim import SimulatorProcess
+from matterflow.synth import synthetic_layout_bytes
+
+CAPACITY = 64
+ENDPOINTS = 3
+MAX_TOKENS = 512
+
+
+@dataclass
+class Measurement:
+    name: str
+    requests: int
+    ok: int
+    wall_s: float
+    cpu_s: float
+    ratio_to_ideal: float
+    cpu_ms_per_request: float
+
+
+def window_workload(windows: int) -> tuple[Document, Manifest]:
+    """A document of `windows` short pages, planned one owned page per window and no overlap."""
+    data = synthetic_layout_bytes(windows, words_per_page=60, seed=99)
+    document = parse_ocr(data)
+    params = ingest.IngestInput(
+        blob_path="bench/document.json", window_pages=1, overlap_pages=0, context_tokens=8192,
+        model="llama-3-70b", shards=ENDPOINTS, force=True,
+    )
+    manifest = ingest.build_manifest(document, hashlib.sha256(data).hexdigest(), "bench", params)
+    return document, manifest
+
+
+def prompts(document: Document, manifest: Manifest) -> list[tuple[int, list[dict]]]:
+    """(preferred endpoint, messages) for every window, the endpoint being the window's shard."""
+    by_number = {p.number: p for p in document.pages}
+    shard_of = {i: s for s, indexes in enumerate(manifest.plan.shards) for i in indexes}
+    return [
+        (shard_of[w.index], build_messages(w, [by_number[n] for n in range(w.first, w.last + 1) if n in by_number], {}))
+        for w in manifest.plan.windows
+    ]
+
+
+async def measure(name: str, requests: int, ideal_s: float, action: Callable[[], Awaitable[int]]) -> Measurement:
+    cpu, wall = time.process_time(), time.perf_counter()
+    ok = await action()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return Measurement(name, requests, ok, round(wall, 3), round(cpu, 3), round(wall / ideal_s, 3), round(1000 * cpu / requests, 3))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The contenders
+
+
+async def matterflow_fanout(storage: dict, endpoints: list[Endpoint], document: Document, manifest: Manifest, policy: RetryPolicy) -> int:
+    async with BlobStore.from_resource(storage) as setup:
+        await setup.ensure_container()
+    store = BlobStore.from_resource(storage)
+    async with store, EndpointPool(endpoints, policy=policy) as pool:
+        per_shard = await asyncio.gather(
+            *(
+                llm_fanout.run_windows(
+                    store, pool, manifest, document,
+                    [w for w in manifest.plan.windows if w.index in set(indexes)], shard, False, lambda done, total: None,
+                )
+                for shard, indexes in enumerate(manifest.plan.shards)
+            )
+        )
+    return sum(1 for results in per_shard for r in results if r.status == "ok")
+
+
+async def sdk_gather(urls: list[str], work: list[tuple[int, list[dict]]]) -> int:
+    clients = [AsyncOpenAI(base_url=url, api_key="k") for url in urls]
+
+    async def one(endpoint: int, messages: list[dict]) -> bool:
+        try:
+            await clients[endpoint].chat.completions.create(
+                model="llama-3-70b-sim", messages=messages, response_format=RESPONSE_FORMAT, max_tokens=MAX_TOKENS
+            )
+            return True
+        except Exception:
+            return False
+
+    try:
+        return sum(await asyncio.gather(*(one(e, m) for e, m in work)))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def sdk_semaphore(urls: list[str], work: list[tuple[int, list[dict]]], max_retries: int = 2) -> int:
+    clients = [AsyncOpenAI(base_url=url, api_key="k", max_retries=max_retries) for url in urls]
+    limits = [asyncio.Semaphore(CAPACITY) for _ in urls]
+
+    async def one(endpoint: int, messages: list[dict]) -> bool:
+        async with limits[endpoint]:
+            try:
+                await clients[endpoint].chat.completions.create(
+                    model="llama-3-70b-sim", messages=messages, response_format=RESPONSE_FORMAT, max_tokens=MAX_TOKENS
+                )
+                return True
+            except Exception:
+                return False
+
+    try:
+        return sum(await asyncio.gather(*(one(e, m) for e, m in work)))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def langchain_abatch(urls: list[str], work: list[tuple[int, list[dict]]]) -> int:
+    from langchain_openai import ChatOpenAI
+
+    async def endpoint_batch(index: int, url: str) -> int:
+        chat = ChatOpenAI(base_url=url, api_key="k", model="llama-3-70b-sim", max_tokens=MAX_TOKENS).bind(response_format=RESPONSE_FORMAT)
+        batch = [messages for endpoint, messages in work if endpoint == index]
+        answers = await chat.abatch(batch, config={"max_concurrency": CAPACITY}, return_exceptions=True)
+        return sum(1 for answer in answers if not isinstance(answer, BaseException))
+
+    return sum(await asyncio.gather(*(endpoint_batch(i, url) for i, url in enumerate(urls))))
+
+
+async def raw_aiohttp(urls: list[str], work: list[tuple[int, list[dict]]]) -> int:
+    limits = [asyncio.Semaphore(CAPACITY) for _ in urls]
+    connector = aiohttp.TCPConnector(limit=CAPACITY * len(urls))
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(endpoint: int, messages: list[dict]) -> bool:
+            body = {"model": "llama-3-70b-sim", "messages": messages, "response_format": RESPONSE_FORMAT, "max_tokens": MAX_TOKENS}
+            async with limits[endpoint], session.post(f"{urls[endpoint]}/chat/completions", json=body) as response:
+                payload = await response.json()
+                return response.status == 200 and bool(payload["choices"][0]["message"]["content"])
+
+        return sum(await asyncio.gather(*(one(e, m) for e, m in work)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def fanout(windows: int = 1000, latency_ms: float = 2000.0, peers: bool = True) -> dict:
+    """The concurrency-bound (2 s) or client-CPU-bound (200 ms) setting."""
+    document, manifest = window_workload(windows)
+    work = prompts(document, manifest)
+    per_call_s = latency_ms / 1000
+    ideal_s = math.ceil(windows / (ENDPOINTS * CAPACITY)) * per_call_s
+    sims = [SimulatorProcess(name=f"sim-{i}", latency_ms=latency_ms, tokens_per_s=1e9, capacity=CAPACITY) for i in range(ENDPOINTS)]
+    policy = RetryPolicy(timeout_s=max(60.0, per_call_s * 10))
+    with Azurite() as azurite:
+        for sim in sims:
+            sim.start()
+        try:
+            urls = [sim.base_url for sim in sims]
+            endpoints = [Endpoint.model_validate(sim.endpoint(max_concurrency=CAPACITY)) for sim in sims]
+            contenders: list[tuple[str, Callable[[], Awaitable[int]]]] = [
+                ("matterflow", lambda: matterflow_fanout(azurite.resource(f"b-{uuid.uuid4().hex[:12]}"), endpoints, document, manifest, policy)),
+            ]
+            if peers:
+                contenders += [
+                    ("gather", lambda: sdk_gather(urls, work)),
+                    ("semaphore", lambda: sdk_semaphore(urls, work)),
+                    ("langchain", lambda: langchain_abatch(urls, work)),
+                    ("aiohttp", lambda: raw_aiohttp(urls, work)),
+                ]
+            results = [asyncio.run(measure(name, windows, ideal_s, action)) for name, action in contenders]
+        finally:
+            for sim in sims:
+                sim.stop()
+    return _report("fanout", {"windows": windows, "latency_ms": latency_ms, "ideal_s": ideal_s}, results)
+
+
+def throttled(windows: int = 300, rpm: int = 600) -> dict:
+    """One endpoint that allows `rpm` requests a minute answers 429 + Retry-After beyond that."""
+    document, manifest = window_workload(windows)
+    work = [(0, messages) for _, messages in prompts(document, manifest)]
+    single = manifest.model_copy(update={"plan": manifest.plan.model_copy(update={"shards": [[w.index for w in manifest.plan.windows]]})})
+    burst = max(1, rpm // 60)
+    ideal_s = (windows - burst) / (rpm / 60)
+    with Azurite() as azurite, SimulatorProcess(name="throttled", latency_ms=200.0, tokens_per_s=1e9, capacity=CAPACITY, rpm=rpm, retry_after=1.0) as sim:
+        endpoint = Endpoint.model_validate(sim.endpoint(max_concurrency=CAPACITY))
+        results = []
+        for name, action in (
+            ("matterflow", lambda: matterflow_fanout(azurite.resource(f"b-{uuid.uuid4().hex[:12]}"), [endpoint], document, single, RetryPolicy())),
+            ("semaphore", lambda: sdk_semaphore([sim.base_url], work, max_retries=2)),
+        ):
+            sim.reset()
+            results.append(asyncio.run(measure(name, windows, ideal_s, action)))
+    return _report("throttled", {"windows": windows, "rpm": rpm, "ideal_s": ideal_s}, results)
+
+
+def _report(scenario: str, settings: dict, results: list[Measurement]) -> dict:
+    ours, others = results[0], results[1:]
+    return {
+        "scenario": scenario,
+        "settings": settings,
+        "ratio_to_ideal": ours.ratio_to_ideal,
+        "cpu_ms_per_request": ours.cpu_ms_per_request,
+        "ok": ours.ok,
+        "failed": ours.requests - ours.ok,
+        "wall_s": ours.wall_s,
+        "peers": {m.name: {"ratio_to_ideal": m.ratio_to_ideal, "cpu_ms_per_request": m.cpu_ms_per_request, "ok": m.ok, "wall_s": m.wall_s} for m in others},
+        "measurements": [asdict(m) for m in results],
+    }
+
+
+def table(report: dict) -> str:
+    rows = [f"| contender | ok / requests | wall s | x ideal ({report['settings']['ideal_s']:.1f} s) | client CPU ms / request |", "|---|---|---|---|---|"]
+    for m in report["measurements"]:
+        rows.append(f"| {m['name']} | {m['ok']} / {m['requests']} | {m['wall_s']:.2f} | {m['ratio_to_ideal']:.3f} | {m['cpu_ms_per_request']:.2f} |")
+    return "\n".join(rows)
+
+
+def dumps(report: dict) -> str:
+    return json.dumps(report, indent=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# make bench: every scenario, recorded
+
+
+SCENARIOS = {
+    "fanout-2s": ("matterflow bench fanout --windows 1000 --latency-ms 2000", lambda: fanout(1000, 2000.0)),
+    "fanout-200ms": ("matterflow bench fanout --windows 1000 --latency-ms 200", lambda: fanout(1000, 200.0)),
+    "fanout-throttled": ("matterflow bench fanout --throttled --windows 300 --rpm 600", lambda: throttled(300, 600)),
+}
+
+
+def run_all(out_dir: Path) -> Path:
+    """Run every scenario, keep each JSON report in `out_dir/results/`, and rewrite `out_dir/RESULTS.md`."""
+    results_dir = out_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name, (command, scenario) in SCENARIOS.items():
+        report = scenario()
+        report["command"] = command
+        report["recorded"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        (results_dir / f"{name}.json").write_text(dumps(report) + "\n")
+    return write_results_md(out_dir)
+
+
+def write_results_md(out_dir: Path) -> Path:
+    sections = [RESULTS_HEADER]
+    for name, (command, _) in SCENARIOS.items():
+        path = out_dir / "results" / f"{name}.json"
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        sections.append(f"### {name}\n\n`{report.get('command', command)}` ({report.get('recorded', '')})\n\n{table(report)}\n")
+    target = out_dir / "RESULTS.md"
+    target.write_text("\n".join(sections))
+    return target
+
+
+RESULTS_HEADER = """# Benchmark results
+
+Written by `make bench` (`matterflow bench all`); every figure in a table was measured in the same run as the
+others in that table, on the same simulator processes, on this project's 2-core CI machine class. The JSON reports
+are in `results/`. Notes on the goals are in `NOTES.md`.
+"""
