@@ -191,7 +191,7 @@ def test_success_records_tokens_and_cost(mock, clock) -> None:
 
 
 def test_429_fails_over_at_once_and_honours_retry_after(mock, clock) -> None:
-    a = script(mock, clock, "a", err(429, **{"retry-after": "20"}), ok(text="from a"))
+    a = script(mock, clock, "a", err(429, **{RA: "20"}), ok(text="from a"))
     script(mock, clock, "b", ok(text="b1"), ok(text="b2"))
     results = run_pool([endpoint("a"), endpoint("b")], clock, [{}, {}, {}], gaps=(1, 21))
     assert [r.text for r in results] == ["b1", "b2", "from a"]
@@ -201,7 +201,7 @@ def test_429_fails_over_at_once_and_honours_retry_after(mock, clock) -> None:
 
 
 def test_single_endpoint_waits_at_least_retry_after(mock, clock) -> None:
-    script(mock, clock, "a", err(429, **{"retry-after": "5"}), ok())
+    script(mock, clock, "a", err(429, **{RA: "5"}), ok())
     [done] = run_pool([endpoint("a")], clock)
     assert done.endpoint == "a" and [r.failure for r in done.records] == ["rate_limited", None]
     assert sum(clock.sleeps) >= 5 - 1e-9
@@ -359,10 +359,9 @@ def test_context_length_from_a_half_open_probe_does_not_wedge_the_breaker(mock, 
 
 
 @pytest.mark.parametrize(("rate", "capacity"), [(60, 1.0), (480, 8.0), (7680, 128.0), (3, 1.0)])
-def test_token_bucket_burst_then_waits_for_the_deficit(monkeypatch, clock, rate, capacity) -> None:
-    # Burst = one second's worth (llm.py's current llm.TokenBucket docstring; it was ten seconds', rate/6, before).
-    monkeypatch.setattr(asyncio, "sleep", clock.sleep)  # llm.TokenBucket sleeps with asyncio.sleep
-    bucket = llm.TokenBucket(rate, clock=clock)
+def test_token_bucket_burst_then_waits_for_the_deficit(clock, rate, capacity) -> None:
+    # Burst = one second's worth, as TokenBucket's docstring now says (it was ten seconds', rate / 6, before).
+    bucket = llm.TokenBucket(rate, clock=clock, sleep=clock.sleep)
     assert bucket.capacity == capacity
 
     async def go():

@@ -156,6 +156,7 @@ class Failure:
     detail: str
     status: int | None = None
     retry_after_s: float | None = None
+    about_response_format: bool = False  # a 400 that names response_format: the server lacks json_schema
 
     @property
     def retryable(self) -> bool:
@@ -170,7 +171,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure(FailureKind.CONNECTION, f"connection failed ({type(exc.__cause__ or exc).__name__})")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        detail = f"HTTP {status}: {_short(exc.message)}"
+        text = _error_text(exc)
+        detail = f"HTTP {status}: {_short(text)}"
         retry_after = retry_after_seconds(exc.response.headers)
         if status == 429:
             return Failure(FailureKind.RATE_LIMITED, detail, status, retry_after)
@@ -184,9 +186,10 @@ def classify(exc: BaseException) -> Failure:
             return Failure(FailureKind.AUTH, detail, status)
         if status == 404:
             return Failure(FailureKind.NOT_FOUND, detail, status)
-        if any(marker in (exc.message or "").lower() for marker in _CONTEXT_MARKERS):
+        lowered = text.lower()
+        if any(marker in lowered for marker in _CONTEXT_MARKERS):
             return Failure(FailureKind.CONTEXT_LENGTH, detail, status)
-        return Failure(FailureKind.BAD_REQUEST, detail, status)
+        return Failure(FailureKind.BAD_REQUEST, detail, status, about_response_format="response_format" in lowered)
     raise exc  # not an HTTP failure: a bug, let it surface
 
 
@@ -204,8 +207,22 @@ def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = t
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
-        return max(0.0, parsed.timestamp() - now()) if parsed else None
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, parsed.timestamp() - now())
+
+
+def _error_text(exc: openai.APIStatusError) -> str:
+    """The server's error message, from a JSON error body or a plain-text one."""
+    text = exc.message or ""
+    try:
+        body = exc.response.text
+    except Exception:  # a streamed body that was never read
+        body = ""
+    return text if body and body in text else f"{text} {body}".strip()
 
 
 def _short(text: str | None, limit: int = 200) -> str:
@@ -268,7 +285,13 @@ class TokenBucket:
     """`rate_per_minute` units a minute, refilled continuously, in bursts of at most one second's worth (hosted
     APIs enforce their per-minute limits over short windows, so a minute's worth at once would meet 429s)."""
 
-    def __init__(self, rate_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate_per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._sleep = sleep
         self.rate_per_s = rate_per_minute / 60
         self.capacity = max(1.0, rate_per_minute / 60)
         self.tokens = self.capacity
@@ -286,7 +309,7 @@ class TokenBucket:
                 if self.tokens >= amount:
                     self.tokens -= amount
                     return
-                await asyncio.sleep((amount - self.tokens) / self.rate_per_s)
+                await self._sleep((amount - self.tokens) / self.rate_per_s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,18 +354,26 @@ class Completion:
 
 
 class _Replica:
-    def __init__(self, endpoint: Endpoint, client: AsyncOpenAI, policy: RetryPolicy, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, endpoint: Endpoint, client: AsyncOpenAI, policy: RetryPolicy, clock: Callable[[], float], sleep: Callable[[float], Any]
+    ) -> None:
         self.endpoint = endpoint
         self.client = client
         self.slots = asyncio.Semaphore(endpoint.max_concurrency)
         self.breaker = CircuitBreaker(policy.breaker_threshold, policy.breaker_cooldown_s, clock)
-        self.requests = TokenBucket(endpoint.rpm, clock) if endpoint.rpm else None
-        self.tokens = TokenBucket(endpoint.tpm, clock) if endpoint.tpm else None
+        self.requests = TokenBucket(endpoint.rpm, clock, sleep) if endpoint.rpm else None
+        self.tokens = TokenBucket(endpoint.tpm, clock, sleep) if endpoint.tpm else None
         self.not_before = 0.0  # from Retry-After
         self.json_schema_ok = True  # false once the server rejected response_format json_schema
 
     def ready_at(self) -> float:
         return max(self.not_before, self.breaker.ready_at())
+
+
+def _move_last(items: list, item: object) -> None:
+    if item in items:
+        items.remove(item)
+    items.append(item)
 
 
 class EndpointPool:
@@ -384,6 +415,7 @@ class EndpointPool:
                 ),
                 self.policy,
                 self._clock,
+                self._sleep,
             )
             for e in self.endpoints
         ]
@@ -403,11 +435,9 @@ class EndpointPool:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed = True
-        if self._owns_http:
+        if self._owns_http:  # a client the caller passed in stays the caller's to close
             for replica in self._replicas:
                 await replica.client.close()
-        elif self._http_client is not None:
-            await self._http_client.aclose()
         self._replicas = []
 
     def endpoint(self, name: str) -> Endpoint:
@@ -428,10 +458,10 @@ class EndpointPool:
             raise EndpointError("EndpointPool used outside `async with`")
         records: list[CallRecord] = []
         failures: list[Failure] = []
-        last: _Replica | None = None
+        failed: list[_Replica] = []  # replicas that failed this request, oldest failure first
         attempts = throttled = 0
         while True:
-            replica = await self._choose(prefer, avoid=last)
+            replica = await self._choose(prefer, failed)
             started = self._clock()
             try:
                 async with replica.slots:
@@ -455,12 +485,13 @@ class EndpointPool:
                 raise
             except (TimeoutError, openai.APIError, httpx.HTTPError, httpx2.HTTPError) as exc:
                 failure = classify(exc)
-                if failure.kind is FailureKind.BAD_REQUEST and response_format and replica.json_schema_ok and "response_format" in failure.detail:
+                if failure.about_response_format and response_format and replica.json_schema_ok:
                     replica.json_schema_ok = False  # server without json_schema: fall back to json_object
                     failure = Failure(FailureKind.INVALID_OUTPUT, "json_schema unsupported; falling back to json_object")
                 records.append(CallRecord(replica.endpoint.name, attempts + throttled + 1, False, self._clock() - started, failure=failure.kind.value))
                 failures.append(failure)
                 if failure.kind is FailureKind.CONTEXT_LENGTH:
+                    replica.breaker.record_success()  # the server answered: it is healthy, the prompt is too long
                     raise ContextLengthExceeded(f"{replica.endpoint.name}: {failure.detail}", failures, records) from None
                 if failure.kind is FailureKind.RATE_LIMITED:
                     throttled += 1
@@ -470,7 +501,7 @@ class EndpointPool:
                     if throttled <= self.policy.max_throttled_retries:
                         # A throttled endpoint is healthy, only busy: wait for it (or fail over) without spending
                         # an attempt or counting against its breaker.
-                        last = replica
+                        _move_last(failed, replica)
                         continue
                 elif failure.retry_after_s is not None:
                     replica.not_before = self._clock() + min(failure.retry_after_s, self.policy.max_retry_after_s)
@@ -482,7 +513,7 @@ class EndpointPool:
                     ) from None
                 if attempts >= self.policy.max_attempts:
                     break
-                last = replica
+                _move_last(failed, replica)
                 await self._pause_before_retry(attempts, replica)
                 continue
             replica.breaker.record_success()
@@ -515,14 +546,13 @@ class EndpointPool:
             return {"response_format": response_format}
         return {"response_format": {"type": "json_object"}}
 
-    async def _choose(self, prefer: int, avoid: _Replica | None) -> _Replica:
-        """The preferred replica if it can take a request now, else the next one that can (failover); a replica
-        that just failed goes last. When none can, wait for the first to become ready."""
+    async def _choose(self, prefer: int, failed: list[_Replica]) -> _Replica:
+        """The preferred replica if it can take a request now, else the next one that can (failover). Replicas
+        that already failed this request go last, the most recent failure last of all, so a retry reaches every
+        replica before it returns to a failing one. When none can take it, wait for the first to be ready."""
         count = len(self._replicas)
-        order = [self._replicas[(prefer + step) % count] for step in range(count)]
-        if avoid is not None and count > 1:
-            order.remove(avoid)
-            order.append(avoid)
+        rotation = [self._replicas[(prefer + step) % count] for step in range(count)]
+        order = [r for r in rotation if r not in failed] + failed
         while True:
             now = self._clock()
             for replica in order:
