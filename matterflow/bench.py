@@ -6,7 +6,8 @@ Peers, each sending the same window prompts to the same three simulator processe
 - `langchain`: LangChain `ChatOpenAI.abatch(max_concurrency=64)` per endpoint;
 - `aiohttp`: raw aiohttp POSTs with a semaphore of 64 per endpoint (the floor of client cost).
 matterflow runs its real fan-out path: `EndpointPool` + `analyze_window` (validation, page filtering, usage
-records) + a checkpoint per window written to a real Azurite.
+records) + a checkpoint per window written to a real Azurite; "matterflow, no checkpoints" is the same without the
+blob writes, to show what they cost.
 
 Figures are ratios measured in the same run: wall time / the ideal `ceil(windows / (3 x 64)) x seconds per call`,
 and client CPU milliseconds per request (this process's CPU time; the simulators run in their own processes).
@@ -28,7 +29,7 @@ import aiohttp
 from openai import AsyncOpenAI
 
 from f.matter import ingest, llm_fanout
-from f.matter.analysis import RESPONSE_FORMAT, build_messages
+from f.matter.analysis import RESPONSE_FORMAT, analyze_window, build_messages
 from f.matter.documents import parse_ocr
 from f.matter.llm import Endpoint, EndpointPool, RetryPolicy
 from f.matter.models import Document, Manifest
@@ -101,6 +102,17 @@ async def matterflow_fanout(storage: dict, endpoints: list[Endpoint], document: 
             )
         )
     return sum(1 for results in per_shard for r in results if r.status == "ok")
+
+
+async def matterflow_without_checkpoints(endpoints: list[Endpoint], document: Document, manifest: Manifest, policy: RetryPolicy) -> int:
+    """The same pool and window checks, no blob writes: shows what the checkpoints cost."""
+    by_number = {p.number: p for p in document.pages}
+    shard_of = {i: s for s, indexes in enumerate(manifest.plan.shards) for i in indexes}
+    async with EndpointPool(endpoints, policy=policy) as pool:
+        results = await asyncio.gather(
+            *(analyze_window(pool, w, [by_number[n] for n in range(w.first, w.last + 1) if n in by_number], prefer=shard_of[w.index]) for w in manifest.plan.windows)
+        )
+    return sum(1 for r in results if r.status == "ok")
 
 
 async def sdk_gather(urls: list[str], work: list[tuple[int, list[dict]]]) -> int:
@@ -192,6 +204,7 @@ def fanout(windows: int = 1000, latency_ms: float = 2000.0, peers: bool = True) 
             ]
             if peers:
                 contenders += [
+                    ("matterflow, no checkpoints", lambda: matterflow_without_checkpoints(endpoints, document, manifest, policy)),
                     ("gather", lambda: sdk_gather(urls, work)),
                     ("semaphore", lambda: sdk_semaphore(urls, work)),
                     ("langchain", lambda: langchain_abatch(urls, work)),
