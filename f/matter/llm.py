@@ -22,6 +22,7 @@ import email.utils
 import enum
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypedDict
@@ -535,7 +536,8 @@ class EndpointPool:
                 output_tokens=output_tokens,
                 records=records,
             )
-        summary = ", ".join(f.kind.value for f in failures)
+        counts = Counter(f.kind.value for f in failures)
+        summary = ", ".join(f"{kind} x{count}" if count > 1 else kind for kind, count in counts.items())
         raise EndpointCallFailed(f"all {self.policy.max_attempts} attempts failed ({summary})", failures, records)
 
     @staticmethod
