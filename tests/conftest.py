@@ -11,6 +11,7 @@ import pytest
 
 from f.matter.storage import BlobStore
 from matterflow.azurite import Azurite
+from matterflow.sim import FAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -57,7 +58,11 @@ def storage(azurite: Azurite, container: str) -> dict:
     return azurite.resource(container)
 
 
-FAST_SIM = {"latency_ms": 5.0, "tokens_per_s": 20000.0, "capacity": 64, "fault_rate": 0.0, "fault_script": [], "down": False, "rpm": None, "hang_s": 600.0, "retry_after_s": 0.2}
+# Every setting a test may change, back to fast and fault-free before each test.
+FAST_SIM = {
+    "latency_ms": 5.0, "tokens_per_s": 20000.0, "capacity": 64, "fault_rate": 0.0, "faults": list(FAULTS),
+    "fault_script": [], "down": False, "rpm": None, "hang_s": 600.0, "retry_after_s": 0.2, "context_tokens": None,
+}
 
 
 @pytest.fixture(scope="session")

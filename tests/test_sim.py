@@ -160,3 +160,13 @@ def test_unknown_fault_names_are_refused(simulators: list) -> None:
 
     with pytest.raises(httpx.HTTPStatusError):
         simulators[0].configure(faults=["meteor"])
+
+
+def test_the_fixture_resets_every_setting_a_test_can_change() -> None:
+    """A setting missing from FAST_SIM would leak from one test into the next through the shared simulators."""
+    from dataclasses import fields
+
+    from matterflow.sim import SimConfig
+    from tests.conftest import FAST_SIM
+
+    assert set(FAST_SIM) == {f.name for f in fields(SimConfig)} - {"model", "seed"}
