@@ -185,6 +185,8 @@ class Usage(BaseModel):
     def add(self, other: Usage) -> Usage:
         return Usage(**{name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields})
 
+    __add__ = add
+
 
 class WindowUsage(Usage):
     endpoints: dict[str, Usage] = Field(default_factory=dict, description="The same figures per endpoint.")

@@ -119,6 +119,8 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
+# The comparison matterflow was founded on: the same tokens at Claude 3.5 Sonnet's list price ($ per million in/out).
+CLAUDE_SONNET_PRICE_PER_MILLION = (3.0, 15.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

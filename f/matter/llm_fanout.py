@@ -20,12 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .analysis import Usage, WindowResult, analyze_window
 from .errors import EndpointError, InputError
-from .llm import EndpointPool, RetryPolicy, endpoints_from_resource, llm_pool
+from .llm import CLAUDE_SONNET_PRICE_PER_MILLION, EndpointPool, RetryPolicy, endpoints_from_resource, llm_pool
 from .models import Document, Manifest, Window, validate_input
 from .storage import BlobStore, azure_blob, encode_json
 
-# The same comparison the project was founded on: these tokens at Claude 3.5 Sonnet's list price.
-CLAUDE_SONNET_PRICE_PER_MILLION = (3.0, 15.0)
 LOW_CONFIDENCE_WARNING = 0.80
 
 
