@@ -16,6 +16,7 @@ and client CPU milliseconds per request (this process's CPU time; the simulators
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -115,28 +116,11 @@ async def matterflow_without_checkpoints(endpoints: list[Endpoint], document: Do
     return sum(1 for r in results if r.status == "ok")
 
 
-async def sdk_gather(urls: list[str], work: list[tuple[int, list[dict]]]) -> int:
-    clients = [AsyncOpenAI(base_url=url, api_key="k") for url in urls]
-
-    async def one(endpoint: int, messages: list[dict]) -> bool:
-        try:
-            await clients[endpoint].chat.completions.create(
-                model="llama-3-70b-sim", messages=messages, response_format=RESPONSE_FORMAT, max_tokens=MAX_TOKENS
-            )
-            return True
-        except Exception:
-            return False
-
-    try:
-        return sum(await asyncio.gather(*(one(e, m) for e, m in work)))
-    finally:
-        for client in clients:
-            await client.close()
-
-
-async def sdk_semaphore(urls: list[str], work: list[tuple[int, list[dict]]], max_retries: int = 2) -> int:
+async def sdk_calls(urls: list[str], work: list[tuple[int, list[dict]]], *, limit: int | None, max_retries: int = 2) -> int:
+    """Bare `AsyncOpenAI` (SDK defaults, its own retries): unbounded `gather` when `limit` is None, else a semaphore
+    of `limit` per endpoint."""
     clients = [AsyncOpenAI(base_url=url, api_key="k", max_retries=max_retries) for url in urls]
-    limits = [asyncio.Semaphore(CAPACITY) for _ in urls]
+    limits = [asyncio.Semaphore(limit) if limit else contextlib.nullcontext() for _ in urls]
 
     async def one(endpoint: int, messages: list[dict]) -> bool:
         async with limits[endpoint]:
@@ -205,8 +189,8 @@ def fanout(windows: int = 1000, latency_ms: float = 2000.0, peers: bool = True) 
             if peers:
                 contenders += [
                     ("matterflow, no checkpoints", lambda: matterflow_without_checkpoints(endpoints, document, manifest, policy)),
-                    ("gather", lambda: sdk_gather(urls, work)),
-                    ("semaphore", lambda: sdk_semaphore(urls, work)),
+                    ("gather", lambda: sdk_calls(urls, work, limit=None)),
+                    ("semaphore", lambda: sdk_calls(urls, work, limit=CAPACITY)),
                     ("langchain", lambda: langchain_abatch(urls, work)),
                     ("aiohttp", lambda: raw_aiohttp(urls, work)),
                 ]
@@ -229,7 +213,7 @@ def throttled(windows: int = 300, rpm: int = 600) -> dict:
         results = []
         for name, action in (
             ("matterflow", lambda: matterflow_fanout(azurite.resource(f"b-{uuid.uuid4().hex[:12]}"), [endpoint], document, single, RetryPolicy())),
-            ("semaphore", lambda: sdk_semaphore([sim.base_url], work, max_retries=2)),
+            ("semaphore", lambda: sdk_calls([sim.base_url], work, limit=CAPACITY, max_retries=2)),
         ):
             sim.reset()
             results.append(asyncio.run(measure(name, windows, ideal_s, action)))

@@ -63,12 +63,9 @@ class FailedWindow(BaseModel):
     reason: str
 
 
-class RunUsage(BaseModel):
-    calls: int = 0
-    failed_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
+class RunUsage(Usage):
+    """Usage of every answered window, summed (from the checkpoints)."""
+
     claude_3_5_sonnet_cost_usd: float = 0.0
     fanout_seconds: float = Field(default=0.0, description="Wall time of the slowest shard.")
     per_endpoint: dict[str, dict] = {}
