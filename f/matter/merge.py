@@ -68,7 +68,7 @@ class RunUsage(Usage):
 
     claude_3_5_sonnet_cost_usd: float = 0.0
     fanout_seconds: float = Field(default=0.0, description="Wall time of the slowest shard.")
-    per_endpoint: dict[str, dict] = {}
+    per_endpoint: dict[str, dict] = Field(default_factory=dict)
 
 
 class DocumentResult(BaseModel):
