@@ -253,3 +253,19 @@ def test_progress_is_reported_to_windmill_while_windows_finish(storage: dict, ll
     assert percents == sorted(percents) and percents[0] > 0 and percents[-1] <= 99
     assert all(p["flow_job_id"] == "flow-7" for p in progress)
     assert all(auth == "Bearer wm-test-token" for *_, auth in calls)
+
+
+def test_api_keys_never_reach_results_summaries_or_errors(storage: dict, llm_pool: dict, simulators: list) -> None:
+    secret = "sk-live-SECRET-4d1c9e"
+    pool = {"endpoints": [e | {"api_key": secret} for e in llm_pool["endpoints"]]}
+    manifest = stage(storage, pages=12)
+    simulators[2].configure(fault_script=["500", "503", "reset", "malformed"])
+    summaries = run_all_shards(storage, manifest, pool)
+    for sim in simulators:
+        sim.configure(down=True)
+    with pytest.raises(EndpointError) as info:
+        llm_fanout.main(storage, manifest, pool, shard=0, force=True, max_attempts=2)
+    stored = blob(storage, lambda s: s.list_paths(""))
+    texts = [json.dumps(summaries), str(info.value), repr(info.value.__cause__)]
+    texts += [blob(storage, lambda s, name=name: s.read_bytes(name)).decode("utf-8", "replace") for name in stored]
+    assert not [text for text in texts if secret in text]
