@@ -8,17 +8,17 @@ PY := $(VENV)/bin/python
 NODE_BIN := node_modules/.bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup bench demo test test-fast lint wmill-lint samples clean
+.PHONY: help setup bench demo test test-fast lint wmill-lint metadata lock samples clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed node_modules/.installed ## create .venv and node_modules from the pinned dependencies
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "matterflow needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -30,7 +30,7 @@ demo: setup ## run the pipeline on embedded defaults (Azurite + the bundled samp
 	$(VENV)/bin/matterflow demo
 
 bench: setup ## run every benchmark side by side and rewrite bench/RESULTS.md (several minutes)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(VENV)/bin/matterflow bench all --out bench
 
 test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
@@ -40,8 +40,17 @@ test: setup ## run every test (starts and stops Azurite itself) and Windmill's o
 test-fast: setup ## the tests that need no Node tools or emulator
 	$(PY) -m pytest -m "not azurite and not node" $(PYTEST_ARGS)
 
-lint: setup wmill-lint ## ruff and wmill lint
+lint: setup wmill-lint ## ruff, wmill lint, and stale Windmill metadata
 	$(VENV)/bin/ruff check matterflow f tests
+	$(VENV)/bin/matterflow metadata --check
+
+metadata: setup ## regenerate f/**/*.script.yaml and .script.lock
+	$(VENV)/bin/matterflow metadata
+
+lock: setup ## re-pin constraints.txt to the installed versions, then the script locks
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^matterflow'; } > constraints.tmp && mv constraints.tmp constraints.txt
+	$(VENV)/bin/matterflow metadata
 
 wmill-lint: node_modules/.installed
 	$(NODE_BIN)/wmill lint .

@@ -189,6 +189,28 @@ def samples(out: Path | None) -> None:
         click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.option("--check", is_flag=True, help="Fail, writing nothing, when a file is stale.")
+def metadata(check: bool) -> None:
+    """Regenerate every f/**/<name>.script.yaml and .script.lock (Windmill's parser, pinned versions).
+
+    \b
+    Examples:
+      matterflow metadata           # after changing a main() signature or a dependency
+      matterflow metadata --check   # in CI: fails when anything is stale
+    """
+    from . import metadata as workspace_metadata
+
+    if check:
+        stale = workspace_metadata.stale()
+        if stale:
+            raise click.ClickException("stale Windmill metadata, run `matterflow metadata`: " + ", ".join(str(p.relative_to(workspace_metadata.ROOT)) for p in stale))
+        click.echo("Windmill metadata is up to date")
+        return
+    for path in workspace_metadata.write():
+        click.echo(f"wrote {path.relative_to(workspace_metadata.ROOT)}")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks: figures measured side by side in one run (see bench/RESULTS.md)."""

@@ -37,6 +37,38 @@ def test_wmill_lint_passes_on_the_repository() -> None:
     assert "Lint passed" in completed.stdout
 
 
+def test_every_script_has_a_lock_as_wmill_requires_for_push() -> None:
+    completed = subprocess.run([str(WMILL), "lint", "--locks-required", str(ROOT)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_windmill_metadata_is_current() -> None:
+    """`.script.yaml` schemas (Windmill's parser) and `.script.lock` pins match the code and constraints.txt."""
+    from matterflow.metadata import stale
+
+    assert stale() == [], "run `make metadata`"
+
+
+def test_script_metadata_explains_every_parameter() -> None:
+    for path in SCRIPTS:
+        meta = yaml.safe_load(path.with_suffix(".script.yaml").read_text())
+        assert meta["summary"], path.name
+        assert meta["lock"] == f"!inline {path.relative_to(ROOT).with_suffix('')}.script.lock"
+        assert all(prop["description"] for prop in meta["schema"]["properties"].values()), path.name
+    ingest_meta = yaml.safe_load((ROOT / "f/matter/ingest.script.yaml").read_text())
+    assert ingest_meta["schema"]["properties"]["storage"]["format"] == "resource-azure_blob"
+    assert ingest_meta["schema"]["required"] == ["storage", "blob_path"]
+
+
+def test_locks_pin_the_real_azure_package_not_the_name_windmill_guesses() -> None:
+    lock = (ROOT / "f/matter/ingest.script.lock").read_text().splitlines()
+    names = {line.split("==")[0] for line in lock}
+    assert {"azure-storage-blob", "azure-identity", "aiohttp", "msgspec", "pydantic"} <= names
+    assert "azure" not in names
+    fanout = {line.split("==")[0] for line in (ROOT / "f/matter/llm_fanout.script.lock").read_text().splitlines()}
+    assert {"openai", "wmill", "azure-storage-blob"} <= fanout
+
+
 def test_wmill_lint_with_our_settings_rejects_a_broken_flow(tmp_path: Path) -> None:
     """Proves the lint above looks at flows at all: without nonDottedPaths it would silently skip them."""
     shutil.copy(ROOT / "wmill.yaml", tmp_path / "wmill.yaml")

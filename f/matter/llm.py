@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypedDict
 
+import aiohttp  # noqa: F401 - the SDK's aiohttp transport (below) needs it; named here so locks include it
 import httpx
 import httpx2
 import openai

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self, TypedDict
 
+import aiohttp  # noqa: F401 - the azure SDK's async transport needs it; named here so locks include it
 import msgspec
 from azure.core import MatchConditions
 from azure.core.exceptions import (
