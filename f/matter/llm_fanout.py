@@ -10,6 +10,7 @@ not checkpointed, so a rerun tries them again. Returns a small summary: counts, 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
 import os
@@ -69,7 +70,8 @@ def main(
 async def _main(store: BlobStore, pool: EndpointPool, run: Manifest, shard: int, force: bool, progress=None) -> dict:
     started = time.monotonic()
     progress = progress or _windmill_progress()
-    windows = [w for w in run.plan.windows if w.index in set(run.plan.shards[shard])]
+    mine = set(run.plan.shards[shard])
+    windows = [w for w in run.plan.windows if w.index in mine]
     async with store, pool:
         done = set() if force else await checkpointed(store, run)
         todo = [w for w in windows if w.index not in done]
@@ -104,12 +106,12 @@ async def run_windows(store, pool, run: Manifest, document: Document, windows: l
     """All windows at once; the pool's per-endpoint limits decide how many are in flight. A task group owns every
     task: if one raises (storage down), the others are cancelled and nothing is left running."""
     low = low_confidence_pages(document)
-    by_number = {page.number: page for page in document.pages}
+    numbers = [page.number for page in document.pages]  # ascending: Document guarantees page order
     finished = 0
 
     async def one(window: Window) -> WindowResult:
         nonlocal finished
-        pages = [by_number[n] for n in sorted(by_number) if window.first <= n <= window.last]
+        pages = document.pages[bisect.bisect_left(numbers, window.first) : bisect.bisect_right(numbers, window.last)]
         result = await analyze_window(pool, window, pages, prefer=shard, low_confidence=low)
         if result.status == "ok":
             data = encode_json(result)
