@@ -217,13 +217,13 @@ def bench() -> None:
 
 
 @bench.command("fanout")
-@click.option("--windows", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--windows", type=click.IntRange(1), default=None, help="Windows to send [default: 1000; 300 with --throttled].")
 @click.option("--latency-ms", type=click.FloatRange(1), default=2000.0, show_default=True, help="Seconds per simulated call x 1000.")
 @click.option("--throttled", is_flag=True, help="One endpoint limited to --rpm requests a minute instead (default 300 windows).")
 @click.option("--rpm", type=click.IntRange(1), default=600, show_default=True)
 @click.option("--no-peers", is_flag=True, help="Measure matterflow only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
-def bench_fanout(windows: int, latency_ms: float, throttled: bool, rpm: int, no_peers: bool, as_json: bool) -> None:
+def bench_fanout(windows: int | None, latency_ms: float, throttled: bool, rpm: int, no_peers: bool, as_json: bool) -> None:
     """The fan-out vs gather, semaphore, LangChain and raw aiohttp on the same simulators.
 
     \b
@@ -235,9 +235,9 @@ def bench_fanout(windows: int, latency_ms: float, throttled: bool, rpm: int, no_
     from . import bench as benchmarks
 
     if throttled:
-        report = benchmarks.throttled(windows=windows, rpm=rpm)
+        report = benchmarks.throttled(windows=windows or 300, rpm=rpm)
     else:
-        report = benchmarks.fanout(windows=windows, latency_ms=latency_ms, peers=not no_peers)
+        report = benchmarks.fanout(windows=windows or 1000, latency_ms=latency_ms, peers=not no_peers)
     click.echo(benchmarks.dumps(report) if as_json else benchmarks.table(report))
 
 

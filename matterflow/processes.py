@@ -4,7 +4,7 @@ awaited with a deadline; nothing sleeps to synchronise."""
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import socket
 import subprocess
 import threading
@@ -51,14 +51,17 @@ class ManagedProcess:
             cwd=self.cwd,
             env=self.env,
         )
-        if not self._wait_ready(process):
+        lines: queue.Queue[str | None] = queue.Queue()
+        # One thread reads every line for the process's whole life (so it never blocks on a full pipe) and hands
+        # them over through a queue: no select() on a buffered pipe, which can miss lines already buffered.
+        pump = threading.Thread(target=self._read_lines, args=(process, lines), daemon=True)
+        pump.start()
+        if not self._wait_ready(lines):
             _terminate(process)
-            if process.stdout is not None:
-                process.stdout.close()
+            pump.join()
+            process.stdout.close()
             raise ProcessStartError(f"{Path(self.argv[0]).name} did not start: {''.join(self.output).strip()[-800:]}")
-        self._process = process
-        self._pump = threading.Thread(target=self._drain, daemon=True)
-        self._pump.start()
+        self._process, self._pump = process, pump
 
     def stop(self) -> None:
         if self._process is None:
@@ -76,26 +79,26 @@ class ManagedProcess:
             self._process.kill()
         self.stop()
 
-    def _wait_ready(self, process: subprocess.Popen[str]) -> bool:
+    def _wait_ready(self, lines: queue.Queue[str | None]) -> bool:
         deadline = time.monotonic() + self.timeout_s
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if not selector.select(timeout=remaining):
-                    continue
-                line = process.stdout.readline()
-                if not line:
-                    return False
-                self.output.append(line)
-                if self.ready_line in line:
-                    return True
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:  # the process exited
+                return False
+            if self.ready_line in line:
+                return True
         self.output.append("(timed out waiting for readiness)\n")
         return False
 
-    def _drain(self) -> None:
-        for line in self._process.stdout if self._process and self._process.stdout else ():
+    def _read_lines(self, process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+        for line in process.stdout:
             if len(self.output) < 2000:
                 self.output.append(line)
+            lines.put(line)
+        lines.put(None)
 
 
 def _terminate(process: subprocess.Popen[str]) -> None:

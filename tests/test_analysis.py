@@ -87,3 +87,19 @@ def test_a_prompt_too_long_for_the_context_splits_the_window(simulators: list) -
     assert [s.page for s in result.analysis.pages] == [1, 2, 3, 4]
     assert result.usage.failed_calls == 1 and result.usage.calls == 3
     assert sim.stats()["status"]["400"] == 1
+
+
+def test_a_one_page_window_whose_context_does_not_fit_is_asked_about_its_page_alone(simulators: list) -> None:
+    sim = simulators[0]
+    window = Window(index=2, first=1, last=3, owned_first=2, owned_last=2, pages=3, estimated_tokens=1000)
+    pages = [page(n, " ".join([f"Page {n}: the Tenant shall pay $2,500.00."] * 40)) for n in range(1, 4)]
+    whole = sum(len(m["content"]) for m in build_messages(window, pages, {})) // 4
+    sim.configure(context_tokens=whole + 2048 - 300)
+
+    async def go():
+        async with EndpointPool([Endpoint.model_validate(sim.endpoint())], policy=RetryPolicy(base_delay_s=0.01)) as pool:
+            return await analyze_window(pool, window, pages)
+
+    result = asyncio.run(go())
+    assert result.status == "ok" and result.splits == 1
+    assert [s.page for s in result.analysis.pages] == [2]

@@ -269,3 +269,18 @@ def test_api_keys_never_reach_results_summaries_or_errors(storage: dict, llm_poo
     texts = [json.dumps(summaries), str(info.value), repr(info.value.__cause__)]
     texts += [blob(storage, lambda s, name=name: s.read_bytes(name)).decode("utf-8", "replace") for name in stored]
     assert not [text for text in texts if secret in text]
+
+
+def test_a_storage_failure_during_the_fanout_surfaces_as_the_typed_error(storage: dict, llm_pool: dict, simulators: list) -> None:
+    from f.matter.errors import StorageError
+
+    manifest = Manifest.model_validate(stage(storage, pages=12))
+
+    class FailingCheckpoints(BlobStore):
+        async def write_new(self, path: str, data: bytes, **kwargs) -> bool:
+            raise StorageError("storage refused the write", container=self.container, path=path)
+
+    store = FailingCheckpoints.from_resource(storage)
+    pool = EndpointPool(endpoints_from_resource(llm_pool), policy=FAST_POLICY)
+    with pytest.raises(StorageError, match="storage refused the write"):
+        asyncio.run(llm_fanout._main(store, pool, manifest, 0, False))

@@ -370,11 +370,13 @@ def test_token_bucket_burst_then_waits_for_the_deficit(clock, rate, capacity) ->
         assert clock.sleeps == []  # a full burst goes at once
         await bucket.take(1)
         await bucket.take(2)
-        await bucket.take(capacity * 5)  # larger than a burst: waits for a full bucket only
+        await bucket.take(capacity * 5)  # larger than a burst: waits for a full bucket, then leaves debt
 
     asyncio.run(go())
     per_s = rate / 60
-    assert clock.sleeps == pytest.approx([1 / per_s, min(2, capacity) / per_s, capacity / per_s])
+    second = min(2, capacity)
+    # take(2) with a one-token burst leaves one token of debt, which the next caller waits off too
+    assert clock.sleeps == pytest.approx([1 / per_s, second / per_s, (capacity + 2 - second) / per_s])
 
 
 def test_pool_rate_limit_waits_use_the_injected_sleep(monkeypatch, mock, clock) -> None:
@@ -430,3 +432,23 @@ def test_bad_resources_are_input_errors_without_the_key(resource, expected) -> N
         llm.endpoints_from_resource(resource)
     assert expected in str(info.value) and KEY not in str(info.value)
     assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+
+
+def test_a_request_larger_than_a_burst_leaves_debt_that_later_callers_wait_off(clock) -> None:
+    bucket = llm.TokenBucket(60_000, clock=clock, sleep=clock.sleep)  # 1,000 tokens a second, bursts of 1,000
+
+    async def go():
+        await bucket.take(8_000)  # goes at once (a full burst is there) but leaves 7,000 of debt
+        assert clock.sleeps == []
+        await bucket.take(1_000)
+
+    asyncio.run(go())
+    assert sum(clock.sleeps) == pytest.approx(8.0), "the rate holds: 9,000 tokens take 9 seconds' worth of refill"
+
+
+def test_an_answer_without_choices_is_retried_as_invalid_output(mock, clock) -> None:
+    empty = httpx.Response(200, json={"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": []})
+    script(mock, clock, "a", empty, ok(text="after"))
+    [result] = run_pool([endpoint("a")], clock)
+    assert result.text == "after"
+    assert [r.failure for r in result.records] == ["invalid_output", None]

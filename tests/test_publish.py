@@ -159,3 +159,13 @@ def test_report_escapes_document_and_model_text() -> None:
     html = render(merge(manifest, [hostile], None), 0.8)
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;x&lt;/b&gt;" in html
     assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_a_malformed_checkpoint_is_a_storage_error_naming_the_blob(storage: dict, llm_pool: dict, simulators: list) -> None:
+    from f.matter.errors import StorageError
+
+    manifest = run_steps(storage, llm_pool, pages=8)
+    bad = f"{manifest['refs']['windows']}00001.json"
+    blob(storage, lambda s: s.write_json(bad, {"window": "not a window"}))
+    with pytest.raises(StorageError, match=r"stored WindowResult is not in the expected shape .*00001\.json"):
+        publish.main(storage, manifest, force=True)

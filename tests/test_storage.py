@@ -287,3 +287,13 @@ def test_a_sas_token_in_access_key_authenticates(azurite: Azurite, storage: dict
             return await store.read_json("sas/x.json")
 
     assert run(scenario()) == {"via": "sas"}
+
+
+def test_ensure_container_accepts_an_existing_container(storage: dict) -> None:
+    async def scenario():
+        async with BlobStore.from_resource(storage) as store:
+            await store.ensure_container()  # the fixture created it already
+            await store.ensure_container()
+            return await store.list_paths()
+
+    assert run(scenario()) == []

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .llm import CallRecord, ContextLengthExceeded, EndpointCallFailed, EndpointPool
 from .models import PROMPT_VERSION, SCHEMA_VERSION, Page, Window
+from .windows import DEFAULT_OUTPUT_TOKENS, DEFAULT_PROMPT_TOKENS
 
-MAX_ANSWER_TOKENS = 2048
+MAX_ANSWER_TOKENS = DEFAULT_OUTPUT_TOKENS  # the planner reserved this much of the context for the answer
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,10 +277,16 @@ async def _ask(pool, window, pages, prefer, low_confidence, records, state) -> W
             if problem is not None:
                 raise _WindowFailed(f"invalid answer after one repair re-ask: {problem}")
     except ContextLengthExceeded as exc:
-        if len(owned) < 2:
-            raise _WindowFailed(f"a single page does not fit the model's context: {exc}") from None
-        state["splits"] += 1
-        return await _ask_in_halves(pool, window, pages, prefer, low_confidence, records, state)
+        if len(owned) >= 2:
+            state["splits"] += 1
+            return await _ask_in_halves(pool, window, pages, prefer, low_confidence, records, state)
+        if len(pages) > len(owned):  # one owned page with context: try the page alone
+            state["splits"] += 1
+            alone = [p for p in pages if p.number in owned]
+            number = alone[0].number
+            solo = window.model_copy(update={"first": number, "last": number, "pages": 1})
+            return await _ask(pool, solo, alone, prefer, low_confidence, records, state)
+        raise _WindowFailed(f"a single page does not fit the model's context: {exc}") from None
     except EndpointCallFailed as exc:
         raise _WindowFailed(str(exc)) from None
     kept, dropped = keep_owned(analysis, owned)
@@ -294,7 +301,7 @@ async def _complete(pool, messages, prefer, window, records):
             prefer=prefer,
             response_format=RESPONSE_FORMAT,
             max_tokens=MAX_ANSWER_TOKENS,
-            estimated_input_tokens=window.estimated_tokens + 900,
+            estimated_input_tokens=window.estimated_tokens + DEFAULT_PROMPT_TOKENS,
         )
     except EndpointCallFailed as exc:  # ContextLengthExceeded too: its attempts were paid for all the same
         records.extend(exc.records)

@@ -59,7 +59,7 @@ class Endpoint(BaseModel):
     max_concurrency: int = Field(default=16, ge=1, le=4096)
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute the endpoint allows.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens (in + out) per minute the endpoint allows.")
-    context_tokens: int = Field(default=8192, ge=1024)
+    context_tokens: int = Field(default=8192, ge=1024, description="For the record; ingest plans windows with its own context_tokens.")
     price_per_million_input: float = Field(default=0.0, ge=0)
     price_per_million_output: float = Field(default=0.0, ge=0)
 
@@ -169,6 +169,8 @@ class Failure:
 
 def classify(exc: BaseException) -> Failure:
     """Map an openai / httpx exception to a Failure. Details never include request headers (the key)."""
+    if isinstance(exc, _EmptyAnswer):
+        return Failure(FailureKind.INVALID_OUTPUT, str(exc))
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException | asyncio.TimeoutError):
         return Failure(FailureKind.TIMEOUT, "timed out")
     if isinstance(exc, openai.APIConnectionError | httpx.TransportError | httpx2.TransportError):
@@ -195,6 +197,10 @@ def classify(exc: BaseException) -> Failure:
             return Failure(FailureKind.CONTEXT_LENGTH, detail, status)
         return Failure(FailureKind.BAD_REQUEST, detail, status, about_response_format="response_format" in lowered)
     raise exc  # not an HTTP failure: a bug, let it surface
+
+
+class _EmptyAnswer(Exception):
+    """A 200 answer without choices (seen from proxies): invalid output, retried like one."""
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -304,16 +310,18 @@ class TokenBucket:
         self._lock = asyncio.Lock()
 
     async def take(self, amount: float) -> None:
-        amount = min(amount, self.capacity)  # a request larger than a burst still goes, after a full refill
+        """Wait until the bucket holds a burst's worth (or `amount`, if smaller), then take all of `amount`: a
+        request larger than a burst leaves the bucket in debt, which later callers wait off, so the rate holds."""
         async with self._lock:  # first come, first served
             while True:
                 now = self._clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self._updated) * self.rate_per_s)
                 self._updated = now
-                if self.tokens >= amount:
+                needed = min(amount, self.capacity)
+                if self.tokens >= needed:
                     self.tokens -= amount
                     return
-                await self._sleep((amount - self.tokens) / self.rate_per_s)
+                await self._sleep((needed - self.tokens) / self.rate_per_s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -484,11 +492,14 @@ class EndpointPool:
                         temperature=temperature,
                         **self._format_args(replica, response_format),
                     )
-            except asyncio.CancelledError:
-                replica.breaker.release()
-                raise
-            except (TimeoutError, openai.APIError, httpx.HTTPError, httpx2.HTTPError) as exc:
-                failure = classify(exc)
+                    if not response.choices:
+                        raise _EmptyAnswer("the answer has no choices")
+            except (TimeoutError, openai.APIError, httpx.HTTPError, httpx2.HTTPError, _EmptyAnswer) as exc:
+                try:
+                    failure = classify(exc)
+                except BaseException:  # not a failure we know: let it surface, but free a half-open probe first
+                    replica.breaker.release()
+                    raise
                 if failure.about_response_format and response_format and replica.json_schema_ok:
                     replica.json_schema_ok = False  # server without json_schema: fall back to json_object
                     failure = Failure(FailureKind.INVALID_OUTPUT, "json_schema unsupported; falling back to json_object")
@@ -520,6 +531,9 @@ class EndpointPool:
                 _move_last(failed, replica)
                 await self._pause_before_retry(attempts, replica)
                 continue
+            except BaseException:  # cancelled, or a bug: free a half-open probe for the next request
+                replica.breaker.release()
+                raise
             replica.breaker.record_success()
             usage = response.usage
             input_tokens = usage.prompt_tokens if usage else 0

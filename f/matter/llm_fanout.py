@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import math
 import os
 import time
 
@@ -23,9 +22,10 @@ from .analysis import Usage, WindowResult, analyze_window
 from .errors import EndpointError, InputError
 from .llm import CLAUDE_SONNET_PRICE_PER_MILLION, EndpointPool, RetryPolicy, endpoints_from_resource, llm_pool
 from .models import Document, Manifest, Window, validate_input
+from .ocr_confidence import DEFAULT_MIN_CONFIDENCE, score_page
 from .storage import BlobStore, azure_blob, encode_json
 
-LOW_CONFIDENCE_WARNING = 0.80
+LOW_CONFIDENCE_WARNING = DEFAULT_MIN_CONFIDENCE
 
 
 class FanoutInput(BaseModel):
@@ -123,21 +123,24 @@ async def run_windows(store, pool, run: Manifest, document: Document, windows: l
         progress(finished, len(windows))
         return result
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(window)) for window in windows]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(window)) for window in windows]
+    except BaseExceptionGroup as group:  # callers catch our typed errors, not the task group's wrapper
+        raise _first_leaf(group) from None
     return [task.result() for task in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def low_confidence_pages(document: Document, threshold: float = LOW_CONFIDENCE_WARNING) -> dict[int, float]:
     """Pages whose mean word confidence is below the threshold, computed here so the fan-out does not wait for
     the confidence branch that runs beside it."""
-    low = {}
-    for page in document.pages:
-        if page.words:
-            mean = math.fsum(word.confidence for word in page.words) / len(page.words)
-            if mean < threshold:
-                low[page.number] = mean
-    return low
+    scores = (score_page(page, threshold) for page in document.pages)
+    return {s.page: s.mean_word_confidence for s in scores if s.flagged and s.mean_word_confidence is not None}
 
 
 def summarize(run: Manifest, shard: int, windows: list[Window], results: list[WindowResult], *, skipped: int, seconds: float) -> dict:

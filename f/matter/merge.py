@@ -72,7 +72,7 @@ class RunUsage(Usage):
 
 
 class DocumentResult(BaseModel):
-    """result.json: see docs/result.md."""
+    """result.json. Keys are only added while `schema` stays matterflow.result/1."""
 
     schema_: str = Field(default=RESULT_SCHEMA, alias="schema")
     schema_version: int = SCHEMA_VERSION

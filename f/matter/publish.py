@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .analysis import WindowResult
-from .errors import BlobNotFound, EndpointError
+from .errors import BlobNotFound, EndpointError, StorageError
 from .merge import DocumentResult, merge
 from .models import ConfidenceReport, Manifest, validate_input
 from .report import render
@@ -69,14 +69,14 @@ async def read_windows(store: BlobStore, run: Manifest) -> list[WindowResult]:
 
     async def read(name: str) -> WindowResult:
         async with limit:
-            return WindowResult.model_validate(await store.read_json(name))
+            return _validated(WindowResult, await store.read_json(name), store, name)
 
     return list(await asyncio.gather(*(read(name) for name in names)))
 
 
 async def _read_confidence(store: BlobStore, run: Manifest) -> ConfidenceReport | None:
     try:
-        return ConfidenceReport.model_validate(await store.read_json(run.refs.confidence))
+        return _validated(ConfidenceReport, await store.read_json(run.refs.confidence), store, run.refs.confidence)
     except BlobNotFound:
         return None
 
@@ -88,10 +88,22 @@ async def _read_shards(store: BlobStore, run: Manifest) -> list[dict]:
 
 async def _existing_complete(store: BlobStore, run: Manifest) -> DocumentResult | None:
     try:
-        existing = DocumentResult.model_validate(await store.read_json(run.refs.result))
+        existing = _validated(DocumentResult, await store.read_json(run.refs.result), store, run.refs.result)
     except BlobNotFound:
         return None
     return existing if existing.status == "complete" and existing.run_key == run.run_key else None
+
+
+def _validated(model, data, store: BlobStore, path: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise StorageError(
+            f"stored {model.__name__} is not in the expected shape ({exc.error_count()} problem(s), first at "
+            f"{'.'.join(map(str, exc.errors()[0]['loc']))}); rerun with force=true to recompute it",
+            container=store.container,
+            path=path,
+        ) from exc
 
 
 def _status(result: DocumentResult, run: Manifest, result_path: str, report_path: str) -> dict:

@@ -343,7 +343,8 @@ class BlobStore:
         """Create the container if it is missing (demo and tests; production containers come from infra)."""
         if self._service is None:
             raise StorageError("BlobStore used outside `async with`", container=self.container)
-        with contextlib.suppress(ResourceExistsError), self._translate(None, "create the container"):
+        # suppress inside the translation: an existing container is fine, anything else becomes a StorageError
+        with self._translate(None, "create the container"), contextlib.suppress(ResourceExistsError):
             await self._service.create_container(self.container)
 
     async def write_bytes(
