@@ -169,3 +169,10 @@ def test_a_malformed_checkpoint_is_a_storage_error_naming_the_blob(storage: dict
     blob(storage, lambda s: s.write_json(bad, {"window": "not a window"}))
     with pytest.raises(StorageError, match=r"stored WindowResult is not in the expected shape .*00001\.json"):
         publish.main(storage, manifest, force=True)
+
+
+def test_without_confidence_the_pages_are_the_documents_own_numbers() -> None:
+    manifest = plan_manifest([(1, 2), (3, 10)])  # an OCR run over pages 1, 2, 3 and 10 only
+    answered = [window_result(1, (1, 2), {"pages": [{"page": 1, "summary": "a"}]}), window_result(2, (3, 10), {"pages": [{"page": 10, "summary": "z"}]})]
+    result = merge(manifest, answered, None, page_numbers=[1, 2, 3, 10])
+    assert [(p.page, p.summary, p.analysed) for p in result.pages] == [(1, "a", True), (2, None, True), (3, None, True), (10, "z", True)]

@@ -106,7 +106,10 @@ def merge(
     windows: Sequence[WindowResult],
     confidence: ConfidenceReport | None,
     shard_summaries: Iterable[dict] = (),
+    page_numbers: Sequence[int] | None = None,
 ) -> DocumentResult:
+    """`page_numbers` (the document's own) are needed only when `confidence` is missing: page numbers may have
+    gaps that the windows' ranges do not show."""
     ok = sorted((w for w in windows if w.status == "ok" and w.analysis is not None), key=lambda w: w.window.index)
     done = {w.window.index for w in ok}
     failed = [
@@ -121,7 +124,7 @@ def merge(
         source_format=manifest.source_format,
         model=manifest.model,
         prompt_version=manifest.prompt_version,
-        pages=_pages(manifest, ok, confidence),
+        pages=_pages(manifest, ok, confidence, page_numbers),
         flagged_pages=confidence.document.flagged_pages if confidence else [],
         entities=_entities(ok),
         timeline=_timeline(ok),
@@ -137,11 +140,18 @@ def _reason(index: int, windows: Sequence[WindowResult]) -> str:
     return result.error if result and result.error else "no answer was checkpointed for this window"
 
 
-def _pages(manifest: Manifest, ok: Sequence[WindowResult], confidence: ConfidenceReport | None) -> list[PageResult]:
+def _pages(
+    manifest: Manifest, ok: Sequence[WindowResult], confidence: ConfidenceReport | None, page_numbers: Sequence[int] | None
+) -> list[PageResult]:
     summaries = {s.page: s.summary for w in ok for s in w.analysis.pages}
     owned_by_ok = {p for w in ok for p in range(w.window.owned_first, w.window.owned_last + 1)}
     scores = {p.page: p for p in confidence.pages} if confidence else {}
-    numbers = sorted(scores) if scores else sorted({p for w in manifest.plan.windows for p in range(w.owned_first, w.owned_last + 1)})
+    if scores:
+        numbers = sorted(scores)
+    elif page_numbers is not None:
+        numbers = sorted(page_numbers)
+    else:
+        numbers = sorted({p for w in manifest.plan.windows for p in range(w.owned_first, w.owned_last + 1)})
     return [
         PageResult(
             page=n,

@@ -49,7 +49,10 @@ async def _main(store: BlobStore, run: Manifest, params: PublishInput) -> dict:
         if not params.force and (existing := await _existing_complete(store, run)) is not None:
             return summary(existing, run, reused=True)
         windows, confidence, shards = await asyncio.gather(read_windows(store, run), _read_confidence(store, run), _read_shards(store, run))
-        result = merge(run, windows, confidence, shards)
+        numbers = None
+        if confidence is None:  # the confidence branch left nothing: take the page numbers from the document
+            numbers = [page.number for page in (await store.read_document(run.refs.document)).pages]
+        result = merge(run, windows, confidence, shards, page_numbers=numbers)
         complete = result.status == "complete"
         written = await store.write_final(run.refs.result, encode_json(result.model_dump(mode="json", by_alias=True)), complete=complete)
         report = await store.write_final(run.refs.report, render(result, params.min_confidence).encode(), complete=complete, content_type="text/html; charset=utf-8")
