@@ -136,9 +136,14 @@ def validate_source_path(blob_path: str) -> str:
     return blob_path
 
 
-def result_refs(blob_path: str, key: str) -> ManifestRefs:
+def results_folder(blob_path: str) -> str:
+    """`matters/M-1/lease.ocr.json` -> `results/matters/M-1/lease.ocr/`: every run of that input lives below."""
     stem = blob_path[: -len(".json")] if blob_path.lower().endswith(".json") else blob_path
-    prefix = f"{RESULTS_ROOT}/{stem}/{key}/"
+    return f"{RESULTS_ROOT}/{stem}/"
+
+
+def result_refs(blob_path: str, key: str) -> ManifestRefs:
+    prefix = f"{results_folder(blob_path)}{key}/"
     validate_blob_path(prefix + "windows/00000.json", where="blob_path")
     return ManifestRefs(
         source=blob_path,
