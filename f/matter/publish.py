@@ -122,7 +122,7 @@ def _status(result: DocumentResult, run: Manifest, result_path: str, report_path
 
 
 def summary(result: DocumentResult, run: Manifest, *, reused: bool) -> dict:
-    """Small enough for a flow result; `markdown` is what the Windmill UI shows."""
+    """Small enough for a flow result; the Windmill UI shows `markdown`."""
     usage = result.usage
     lines = [
         f"**{result.source}**: {result.status}{' (existing result, no LLM calls)' if reused else ''}",
@@ -134,6 +134,7 @@ def summary(result: DocumentResult, run: Manifest, *, reused: bool) -> dict:
     ]
     return {
         "markdown": "\n".join(lines),
+        "wm_renderer": "markdown",  # Windmill renders `markdown` beside other keys only with this hint
         "status": result.status,
         "reused": reused,
         "run_key": run.run_key,
