@@ -1,0 +1,89 @@
+"""The local flow runner: flow.yaml with Windmill's semantics, each step in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from f.matter.errors import InputError
+from f.matter.storage import BlobStore
+from matterflow.runner import FlowFailed, Runner, _retry_delays
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOW = ROOT / "f" / "matter" / "process_document__flow" / "flow.yaml"
+
+
+def flow_of(*modules: dict, **extra: dict) -> dict:
+    return {"summary": "t", "value": {"modules": list(modules), **extra}, "schema": {"type": "object", "properties": {}}}
+
+
+@pytest.mark.parametrize(
+    ("module", "named"),
+    [
+        ({"id": "a", "value": {"type": "forloopflow", "modules": []}}, "'forloopflow'"),
+        ({"id": "a", "skip_if": {"expr": "true"}, "value": {"type": "script", "path": "f/matter/ingest"}}, "['skip_if']"),
+        ({"id": "a", "value": {"type": "rawscript", "language": "python3", "content": ""}}, "'rawscript'"),
+        ({"id": "a", "value": {"type": "script", "path": "f/matter/ingest", "input_transforms": {"x": {"type": "magic"}}}}, "'magic'"),
+    ],
+)
+def test_unsupported_features_are_refused_by_name(module: dict, named: str) -> None:
+    with pytest.raises(InputError, match=named):
+        Runner(flow_of(module))
+
+
+def test_retry_delays_follow_windmill_fields() -> None:
+    assert _retry_delays({"constant": {"attempts": 3, "seconds": 5}}) == [5.0, 5.0, 5.0]
+    delays = _retry_delays({"exponential": {"attempts": 3, "multiplier": 2, "seconds": 2, "random_factor": 0}})
+    assert delays == [2.0, 4.0, 8.0]
+    assert _retry_delays({}) == []
+
+
+def test_missing_required_flow_input_is_named() -> None:
+    with pytest.raises(InputError, match="missing required flow inputs: blob_path, storage, llm_pool"):
+        Runner.from_file(FLOW).run({})
+
+
+def test_the_real_flow_runs_end_to_end_and_a_second_run_reuses_everything(storage: dict, llm_pool: dict, simulators: list) -> None:
+    from matterflow.synth import synthetic_layout_bytes
+
+    source = "matters/M-77/documents/deed.ocr.json"
+
+    async def put():
+        async with BlobStore.from_resource(storage) as store:
+            await store.write_bytes(source, synthetic_layout_bytes(10, words_per_page=150, seed=77))
+
+    asyncio.run(put())
+    lines: list[str] = []
+    runner = Runner.from_file(FLOW, resources={"f/matter/storage": storage, "f/matter/llm_pool": llm_pool}, echo=lines.append)
+    flow_input = {"blob_path": source, "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool", "window_pages": 3}
+    first = runner.run(flow_input)
+    assert first["status"] == "complete" and not first["reused"] and first["pages"] == 10
+    calls = sum(sim.stats()["calls"] for sim in simulators)
+    second = runner.run(flow_input)
+    assert second["reused"] and second["result"] == first["result"]
+    assert sum(sim.stats()["calls"] for sim in simulators) == calls, "a rerun makes no LLM calls"
+    assert "analyse: 4 branches in parallel" in lines
+
+
+def test_a_failing_step_runs_the_failure_module_and_the_flow_fails(storage: dict, llm_pool: dict, simulators: list) -> None:
+    source = "matters/M-78/documents/broken.ocr.json"
+
+    async def put_and_read():
+        async with BlobStore.from_resource(storage) as store:
+            await store.write_bytes(source, b'{"analyzeResult": {"pages": [{"pageNumber": 1, "words": [{"content": "x", "confidence": 7}]}]}}')
+
+    asyncio.run(put_and_read())
+    runner = Runner.from_file(FLOW, resources={"f/matter/storage": storage, "f/matter/llm_pool": llm_pool})
+    with pytest.raises(FlowFailed, match=r"step ingest failed: OcrFormatError: .*page 1, word 1 \('x'\) has confidence 7"):
+        runner.run({"blob_path": source, "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"})
+
+    async def status():
+        async with BlobStore.from_resource(storage) as store:
+            return await store.read_json("results/matters/M-78/documents/broken.ocr/status.json")
+
+    record = asyncio.run(status())
+    assert record["status"] == "failed" and record["error"]["step"] == "ingest"
+    assert record["error"]["name"] == "OcrFormatError"
+    assert record["inputs"]["storage"]["accessKey"] == "[redacted]"
