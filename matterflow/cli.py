@@ -168,6 +168,39 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+@cli.command("run")
+@click.argument("flow_path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--input", "flow_input", required=True, help="The flow input as JSON, or @file.json.")
+@click.option(
+    "--resources",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Folder of resources: DIR/f/matter/storage.json is `$res:f/matter/storage`.",
+)
+def run_flow(flow_path: Path, flow_input: str, resources: Path | None) -> None:
+    """Run a Windmill flow.yaml locally, with Windmill's semantics, each step in its own process.
+
+    \b
+    Examples:
+      matterflow run f/matter/process_document__flow/flow.yaml --resources resources \\
+        --input '{"blob_path": "matters/M-1042/documents/lease.ocr.json",
+                  "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"}'
+    """
+    from .runner import Runner
+
+    text = Path(flow_input[1:]).read_text() if flow_input.startswith("@") else flow_input
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the flow input is not JSON: {exc}", where="--input") from None
+    found = {}
+    if resources is not None:
+        for path in sorted(resources.rglob("*.json")):
+            found[str(path.relative_to(resources).with_suffix(""))] = json.loads(path.read_text())
+    result = Runner.from_file(flow_path, resources=found, echo=lambda line: click.echo(line, err=True)).run(values)
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
 @cli.command()
 def demo() -> None:
     """Run the pipeline on embedded defaults: a real Azurite and the bundled sample matter.

@@ -111,3 +111,10 @@ def test_help_shows_examples() -> None:
     completed = matterflow("confidence", "--help")
     assert completed.returncode == 0
     assert "matterflow confidence lease.ocr.json" in completed.stdout
+
+
+def test_run_names_missing_flow_inputs_in_one_line() -> None:
+    flow = Path(__file__).resolve().parent.parent / "f" / "matter" / "process_document__flow" / "flow.yaml"
+    completed = matterflow("run", str(flow), "--input", '{"blob_path": "x.json"}')
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == "matterflow: error: flow input: missing required flow inputs: storage, llm_pool"
