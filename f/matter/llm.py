@@ -452,9 +452,6 @@ class EndpointPool:
                 await replica.client.close()
         self._replicas = []
 
-    def endpoint(self, name: str) -> Endpoint:
-        return next(e for e in self.endpoints if e.name == name)
-
     async def complete(
         self,
         messages: list[dict[str, str]],

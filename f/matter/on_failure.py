@@ -16,7 +16,8 @@ from .ingest import results_folder
 from .llm import llm_pool
 from .storage import BlobStore, azure_blob, validate_blob_path
 
-SECRET_KEYS = {"accesskey", "api_key", "apikey", "connectionstring", "sastoken", "password", "secret", "token", "key"}
+# Field names (lowercased, without - and _) that hold credentials: accessKey, api_key, sasToken, connectionString...
+SECRET_SUFFIXES = ("key", "token", "secret", "password", "connectionstring")
 REDACTED = "[redacted]"
 
 
@@ -80,8 +81,7 @@ def mask(text: str, secrets: set[str]) -> str:
 
 
 def _is_secret_key(key: str) -> bool:
-    lowered = key.lower().replace("-", "").replace("_", "")
-    return lowered in {k.replace("_", "") for k in SECRET_KEYS} or lowered.endswith(("key", "token", "secret", "password"))
+    return key.lower().replace("-", "").replace("_", "").endswith(SECRET_SUFFIXES)
 
 
 def _secret_values(value: Any) -> set[str]:

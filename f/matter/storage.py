@@ -141,11 +141,6 @@ class BlobConfig:
             return "sas"
         return "default-azure-credential"
 
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        """The secret values, for redaction."""
-        return tuple(value for value in (self.account_key, self.sas_token, self.connection_string) if value)
-
     @classmethod
     def from_resource(cls, resource: Mapping[str, Any]) -> BlobConfig:
         """Read a Windmill `azure_blob` resource, or a dict with `connectionString` + `containerName`.
