@@ -47,6 +47,10 @@ class FlowFailed(MatterflowError):
         self.step_id, self.name, self.message = step_id, name, message
         super().__init__(f"step {step_id} failed: {name}: {message}")
 
+    def as_result(self) -> dict:
+        """The shape Windmill gives a failure module (`previous_result`) and a skipped branch's result slot."""
+        return {"error": {"name": self.name, "message": self.message, "step_id": self.step_id}}
+
 
 class Runner:
     def __init__(
@@ -82,10 +86,9 @@ class Runner:
             except FlowFailed as failure:
                 handler = self.flow["value"].get("failure_module")
                 if handler:
-                    error = {"error": {"name": failure.name, "message": failure.message, "step_id": failure.step_id}}
                     self.echo(f"running failure module {handler['id']}")
                     try:
-                        self._module(handler, inputs, results, error)
+                        self._module(handler, inputs, results, failure.as_result())
                     except FlowFailed as handler_failure:
                         self.echo(f"the failure module failed too: {handler_failure}")
                 raise
@@ -112,7 +115,7 @@ class Runner:
             except FlowFailed as failure:
                 if not branches[index].get("skip_failure"):
                     raise
-                return {"error": {"name": failure.name, "message": failure.message, "step_id": failure.step_id}}
+                return failure.as_result()
             return last
 
         self.echo(f"{module['id']}: {len(branches)} branches{' in parallel' if module['value'].get('parallel') else ''}")
