@@ -54,8 +54,10 @@ async def _main(store: BlobStore, run: Manifest, params: PublishInput) -> dict:
             numbers = [page.number for page in (await store.read_document(run.refs.document)).pages]
         result = merge(run, windows, confidence, shards, page_numbers=numbers)
         complete = result.status == "complete"
-        written = await store.write_final(run.refs.result, encode_json(result.model_dump(mode="json", by_alias=True)), complete=complete)
-        report = await store.write_final(run.refs.report, render(result, params.min_confidence).encode(), complete=complete, content_type="text/html; charset=utf-8")
+        written, report = await asyncio.gather(  # independent blobs: write them at the same time
+            store.write_final(run.refs.result, encode_json(result.model_dump(mode="json", by_alias=True)), complete=complete),
+            store.write_final(run.refs.report, render(result, params.min_confidence).encode(), complete=complete, content_type="text/html; charset=utf-8"),
+        )
         await store.write_json(run.refs.status, _status(result, run, written.path, report.path))
     if not complete:
         failed = ", ".join(f"{w.window} (pages {w.pages})" for w in result.failed_windows[:10])
