@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 NODE_BIN := node_modules/.bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup bench demo test test-fast lint wmill-lint metadata lock samples clean
+.PHONY: help setup bench chaos demo test test-fast lint wmill-lint metadata lock samples clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ bench: setup ## run every benchmark side by side and rewrite bench/RESULTS.md (s
 	$(VENV)/bin/matterflow bench all --out bench
 
 test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
+
+chaos: setup ## crash-recovery tests: kill -9 mid-run, Azurite restarts, long throttling (minutes)
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 test-fast: setup ## the tests that need no Node tools or emulator
 	$(PY) -m pytest -m "not azurite and not node" $(PYTEST_ARGS)
