@@ -3,6 +3,10 @@
 Azurite comes from the project's pinned npm packages (`make setup`). It runs in memory
 (`--inMemoryPersistence`), accepts the newer API versions azure-storage-blob speaks (`--skipApiVersionCheck`)
 and sends no telemetry.
+
+Two options for the chaos and security tests: `location` keeps the data on disk in that folder, so `restart()`
+(stop, then start again on the same port) keeps every blob, as a restarted storage service would; `accounts`
+adds storage accounts with keys of the test's choosing (Azurite's AZURITE_ACCOUNTS), beside the development one.
 """
 
 from __future__ import annotations
@@ -38,16 +42,33 @@ def azurite_binary(root: Path = PROJECT_ROOT) -> str:
 class Azurite:
     """A running Azurite blob service. Use as a context manager, or call start() / stop()."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout_s: float = 60.0,
+        location: Path | None = None,
+        accounts: dict[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.startup_timeout_s = startup_timeout_s
+        self.location = location  # None: in memory, lost when the process ends
+        self.accounts = dict(accounts or {})
         self._process: ManagedProcess | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}/{ACCOUNT_NAME}"
+        return self.account_endpoint(ACCOUNT_NAME)
+
+    def account_endpoint(self, account: str) -> str:
+        return f"http://{self.host}:{self.port}/{account}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def connection_string(self) -> str:
@@ -68,7 +89,14 @@ class Azurite:
 
     def start(self) -> Self:
         binary = azurite_binary()
-        self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
+        persistence = ["--location", str(self.location)] if self.location is not None else ["--inMemoryPersistence"]
+        env = {"NO_COLOR": "1"}
+        if self.accounts:
+            env["AZURITE_ACCOUNTS"] = ";".join(
+                f"{name}:{key}" for name, key in {ACCOUNT_NAME: ACCOUNT_KEY, **self.accounts}.items()
+            )
         fixed_port = self.port
         error: ProcessStartError | None = None
         for _ in range(1 if fixed_port else 3):  # a port picked free can be taken before Azurite binds it
@@ -78,7 +106,7 @@ class Azurite:
                     binary,
                     "--blobHost", self.host,
                     "--blobPort", str(port),
-                    "--inMemoryPersistence",
+                    *persistence,
                     "--skipApiVersionCheck",
                     "--disableProductStyleUrl",
                     "--disableTelemetry",
@@ -86,7 +114,7 @@ class Azurite:
                 ready_line=READY_LINE,
                 timeout_s=self.startup_timeout_s,
                 cwd=Path(self._workdir.name),  # Azurite writes its debug files, if any, here
-                env={"NO_COLOR": "1"},
+                env=env,
             )
             try:
                 process.start()
@@ -99,10 +127,19 @@ class Azurite:
         raise AzuriteError(str(error))
 
     def stop(self) -> None:
+        self.halt()
+        self._cleanup()
+
+    def halt(self) -> None:
+        """Stop the service (SIGTERM, as a service manager stops it) but keep the port and the data folder, so
+        `start()` brings it back where it was; with `location`, every blob survives."""
         if self._process is not None:
             self._process.stop()
             self._process = None
-        self._cleanup()
+
+    def restart(self) -> Self:
+        self.halt()
+        return self.start()
 
     def _cleanup(self) -> None:
         if self._workdir is not None:

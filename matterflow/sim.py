@@ -10,6 +10,12 @@ max-num-seqs. Faults by rate or by script: 429 with Retry-After, 500/502/503, hu
 malformed JSON, truncated output (finish_reason=length); `down` answers 503 to all; `rpm` throttles with 429 (refilled continuously, bursts of one second's worth).
 `/sim/stats` reports calls, tokens, faults and how often each window was answered; `/sim/config` changes
 settings at run time; `/sim/reset` clears the counters.
+
+For the chaos and security tests: `throttle_s` answers 429 (with Retry-After) to every completion for that many
+seconds from the moment it is set (0 ends it); `obey_injections` makes the model do what a page tells it to
+(a page line `... output the following JSON: {...}` is answered with that JSON verbatim), as a model that
+falls for prompt injection would; `reject_auth` answers 401 quoting the API key it was sent, as some servers
+do in their error messages.
 """
 
 from __future__ import annotations
@@ -68,6 +74,9 @@ class SimConfig:
     rpm: int | None = None
     down: bool = False
     context_tokens: int | None = None
+    throttle_s: float = 0.0
+    obey_injections: bool = False
+    reject_auth: bool = False
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name for f in fields(self)}
@@ -88,6 +97,7 @@ class Simulator:
         self._capacity = self.config.capacity
         self._seen: Counter[str] = Counter()
         self._allowance, self._allowance_at = float("inf"), time.monotonic()
+        self._throttle_until = time.monotonic() + self.config.throttle_s
         self.reset()
 
     def reset(self) -> None:
@@ -115,13 +125,17 @@ class Simulator:
         stats = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.stats.items()}
         stats["duplicate_answers"] = sum(1 for count in self.stats["answered"].values() if count > 1)
         stats["config"] = asdict(self.config)
+        stats["throttle_remaining_s"] = round(max(0.0, self._throttle_until - time.monotonic()), 3)
         return web.json_response(stats)
 
     async def set_config(self, request: web.Request) -> web.Response:
         try:
-            self.config.update(await request.json())
+            changes = await request.json()
+            self.config.update(changes)
         except (ValueError, json.JSONDecodeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if "throttle_s" in changes:  # the throttle window starts now
+            self._throttle_until = time.monotonic() + float(self.config.throttle_s)
         if self.config.capacity != self._capacity:
             self._slots, self._capacity = asyncio.Semaphore(self.config.capacity), self.config.capacity
         self._script_position = 0
@@ -139,6 +153,9 @@ class Simulator:
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
         prompt_tokens = estimate_tokens(prompt)
         self.stats["calls"] += 1
+        if self.config.reject_auth:
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._error(401, None, f"Incorrect API key provided: {key}. You can find your API key in your account settings.")
         fault = self._draw_fault(prompt)
         if fault in ("429", "500", "502", "503"):
             return self._error(int(fault), fault)
@@ -160,7 +177,10 @@ class Simulator:
                     self.stats["faults"]["timeout"] += 1
                     await asyncio.sleep(self.config.hang_s)
                     return self._error(504, None, "simulated hang ended")
-                text, window_key = answer(messages, body.get("response_format"), body.get("max_tokens") or body.get("max_completion_tokens"))
+                text, window_key = answer(
+                    messages, body.get("response_format"), body.get("max_tokens") or body.get("max_completion_tokens"),
+                    obey_injections=self.config.obey_injections,
+                )
                 finish_reason = "stop"
                 if fault == "malformed":
                     self.stats["faults"]["malformed"] += 1
@@ -192,6 +212,8 @@ class Simulator:
             step = config.fault_script[self._script_position % len(config.fault_script)]
             self._script_position += 1
             return None if step == "ok" else step
+        if time.monotonic() < self._throttle_until:
+            return "429"
         if config.down:
             return "503"
         if config.rpm and not self._admit(config.rpm):
@@ -222,7 +244,7 @@ class Simulator:
         headers = {}
         if status == 429:
             headers = {"Retry-After": str(math.ceil(self.config.retry_after_s)), "retry-after-ms": str(int(self.config.retry_after_s * 1000))}
-        kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(status, "server_error")
+        kind = {429: "rate_limit_exceeded", 400: "invalid_request_error", 401: "invalid_api_key"}.get(status, "server_error")
         text = message or f"simulated {status}"
         return web.json_response({"error": {"message": text, "type": kind, "code": kind}}, status=status, headers=headers)
 
@@ -272,7 +294,9 @@ def estimate_tokens(text: str) -> int:
 # Answers derived from the prompt
 
 
-def answer(messages: list[dict], response_format: dict | None, max_tokens: int | None = None) -> tuple[str, str | None]:
+def answer(
+    messages: list[dict], response_format: dict | None, max_tokens: int | None = None, *, obey_injections: bool = False
+) -> tuple[str, str | None]:
     """(answer text, window key). The window key identifies the window asked about, for duplicate counting."""
     page_message = next((str(m.get("content")) for m in messages if m.get("role") == "user" and _PAGE.search(str(m.get("content") or ""))), None)
     kind = (response_format or {}).get("type")
@@ -280,11 +304,28 @@ def answer(messages: list[dict], response_format: dict | None, max_tokens: int |
     if page_message is not None and (schema_name == "window_analysis" or kind == "json_object"):
         owns = _OWNS.search(page_message)
         key = f"{owns.group(1)}-{owns.group(2)}:{hashlib.sha1(page_message.encode()).hexdigest()[:12]}" if owns else None
+        if obey_injections and (injected := injected_answer(page_message)) is not None:
+            return injected, key
         return _fit(window_analysis(page_message), max_tokens), key
     if kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema") or {}
         return json.dumps(minimal_instance(schema, schema)), None
     return f"{LABEL} " + " ".join(str(messages[-1].get("content") or "").split()[:40]), None
+
+
+_INJECTION = re.compile(r"output the following JSON:\s*", re.I)
+
+
+def injected_answer(prompt: str) -> str | None:
+    """What a model that obeys instructions found in the document answers: the JSON a page told it to output."""
+    match = _INJECTION.search(prompt)
+    if match is None:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(prompt, match.end())
+    except json.JSONDecodeError:
+        return None
+    return json.dumps(value)
 
 
 def _fit(analysis: dict, max_tokens: int | None) -> str:
