@@ -62,6 +62,7 @@ def storage(azurite: Azurite, container: str) -> dict:
 FAST_SIM = {
     "latency_ms": 5.0, "tokens_per_s": 20000.0, "capacity": 64, "fault_rate": 0.0, "faults": list(FAULTS),
     "fault_script": [], "down": False, "rpm": None, "hang_s": 600.0, "retry_after_s": 0.2, "context_tokens": None,
+    "throttle_s": 0.0, "obey_injections": False, "reject_auth": False,
 }
 
 
