@@ -204,55 +204,24 @@ def test_a_pool_without_endpoints_is_named(storage: dict, simulators: list) -> N
         llm_fanout.main(storage, manifest, {"endpoints": []})
 
 
-def test_progress_is_reported_to_windmill_while_windows_finish(storage: dict, llm_pool: dict, simulators: list, monkeypatch) -> None:
+def test_progress_is_reported_to_windmill_while_windows_finish(storage: dict, llm_pool: dict, simulators: list) -> None:
     """On a worker, WM_* variables point the `wmill` client at Windmill's API; a recording server plays it."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from matterflow.wmill_api import WindmillApi
 
-    calls: list[tuple[str, str, dict | None, str]] = []
-
-    class WindmillApi(BaseHTTPRequestHandler):
-        def _reply(self, body: dict) -> None:
-            payload = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def do_GET(self) -> None:
-            calls.append(("GET", self.path, None, self.headers.get("Authorization", "")))
-            self._reply({"id": "job-1", "parent_job": "flow-7"})
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
-            calls.append(("POST", self.path, body, self.headers.get("Authorization", "")))
-            self._reply({})
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), WindmillApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("BASE_INTERNAL_URL", f"http://127.0.0.1:{server.server_port}")
-        monkeypatch.setenv("WM_TOKEN", "wm-test-token")
-        monkeypatch.setenv("WM_WORKSPACE", "legal")
-        monkeypatch.setenv("WM_JOB_ID", "job-1")
-        manifest = stage(storage, pages=48, window_pages=2, shards=1)
-        summary = llm_fanout.main(storage, manifest, llm_pool, shard=0)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-    progress = [body for method, path, body, _ in calls if method == "POST" and path == "/api/w/legal/job_metrics/set_progress/job-1"]
+    manifest = stage(storage, pages=48, window_pages=2, shards=1)
+    with WindmillApi(workspace="legal") as api:
+        flow = api.new_job()
+        job = api.new_job(parent=flow)
+        with api.activated(job):
+            summary = llm_fanout.main(storage, manifest, llm_pool, shard=0)
+    progress = [body for method, path, body in api.calls if method == "POST" and path == f"/api/w/legal/job_metrics/set_progress/{job}"]
     assert summary["ok"] == len(manifest["plan"]["windows"]) >= 10
     assert len(progress) >= 3
     percents = [p["percent"] for p in progress]
     assert percents == sorted(percents) and percents[0] > 0 and percents[-1] <= 99
-    assert all(p["flow_job_id"] == "flow-7" for p in progress)
-    assert all(auth == "Bearer wm-test-token" for *_, auth in calls)
+    assert api.progress[job] == percents
+    assert all(p["flow_job_id"] == flow for p in progress)
+    assert api.rejected == []  # every call carried the bearer token and reached a served endpoint
 
 
 def test_api_keys_never_reach_results_summaries_or_errors(storage: dict, llm_pool: dict, simulators: list) -> None:
