@@ -1,16 +1,24 @@
 """`matterflow run`: execute a Windmill flow.yaml locally with Windmill's semantics.
 
-The same flow.yaml that `wmill sync push` deploys, and the same `main()` functions a worker calls:
-- modules `script` (by path; each step in its own Python process, results round-tripped through JSON and
-  refused above Windmill's result size) and `branchall` (`parallel: true` runs branches at the same time;
-  `skip_failure` puts the branch's error in its result slot instead of failing the flow);
+The same flow.yaml that `wmill sync push` deploys, and the same `main()` functions a worker calls. Supported, as
+Windmill runs them:
+- modules `script` (by path) and `rawscript` (python3): each step in its own Python process, results round-tripped
+  through JSON and refused above Windmill's result size; `identity` (passes `previous_result` on);
+- `branchall` (`parallel: true` runs branches at the same time; a branch with `skip_failure` puts its error in its
+  result slot instead of failing the flow), `branchone` (the first branch whose `expr` is true, else `default`),
+  `forloopflow` (`iterator`, `parallel`, `parallelism`, `skip_failures`; steps see `flow_input.iter.value` and
+  `flow_input.iter.index`; the result is the list of each iteration's last result, null for a skipped failure);
+- module options `retry` (constant and exponential), `timeout` (seconds, as an input transform), `skip_if` (the step
+  becomes an identity step, as on Windmill), `stop_after_if` (`result` and `flow_input`; stops the flow early, or
+  fails it with `error_message`) on top-level steps, and the flow's `failure_module` (it receives
+  `previous_result = {error: {name, message, step_id}}`, and the flow still fails);
 - input transforms `static` and `javascript`, the expressions evaluated by a real JS engine (V8, mini-racer) with
   `flow_input`, `results` and `previous_result`;
-- `$res:<path>` values resolved from the resources given, `$var:<NAME>` from the environment;
-- `retry` (constant and exponential) and `failure_module` (it receives `previous_result = {error: {name,
-  message, step_id}}`, and the flow still fails).
-Anything else in the flow (other module types, skip_if, stop_after_if, suspend, sleep...) is refused by name, so
-a flow never silently runs differently here than on Windmill.
+- `$res:<path>` values resolved from the resources given, `$var:<path>` from the environment.
+Scripts that call the `wmill` client work unchanged when the runner is given a `WindmillApi`: each step gets
+WM_TOKEN, BASE_INTERNAL_URL, WM_WORKSPACE and WM_JOB_ID pointing at it, as a worker sets them.
+Anything else in the flow (other module types, suspend, sleep, cache...) is refused by name, so a flow never
+silently runs differently here than on Windmill.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from py_mini_racer import MiniRacer
@@ -35,9 +45,16 @@ from f.matter.errors import InputError, MatterflowError
 from matterflow.azurite import PROJECT_ROOT
 
 MAX_RESULT_BYTES = 2 * 1024 * 1024  # Windmill truncates or rejects step results above a few MiB
-MODULE_KEYS = {"id", "summary", "value", "retry"}
-SCRIPT_KEYS = {"type", "path", "input_transforms", "hash", "is_trigger"}
-BRANCHALL_KEYS = {"type", "branches", "parallel"}
+MODULE_KEYS = {"id", "summary", "value", "retry", "timeout", "skip_if", "stop_after_if"}
+VALUE_KEYS = {
+    "script": {"type", "path", "input_transforms", "hash", "is_trigger", "tag"},
+    "rawscript": {"type", "content", "language", "input_transforms", "path", "lock", "tag"},
+    "identity": {"type", "flow"},
+    "branchall": {"type", "branches", "parallel"},
+    "branchone": {"type", "branches", "default"},
+    "forloopflow": {"type", "modules", "iterator", "parallel", "parallelism", "skip_failures"},
+}
+LOG_TAIL_CHARS = 2000
 
 
 class FlowFailed(MatterflowError):
@@ -52,6 +69,63 @@ class FlowFailed(MatterflowError):
         return {"error": {"name": self.name, "message": self.message, "step_id": self.step_id}}
 
 
+class _StopFlow(Exception):
+    """`stop_after_if` was true: the flow ends here with this result."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+class RunEvents(Protocol):
+    """What the runner tells a display while it runs (see matterflow.progress)."""
+
+    def message(self, line: str) -> None: ...
+    def step_started(self, step_id: str, job_id: str) -> None: ...
+    def step_log(self, step_id: str, line: str) -> None: ...
+    def step_finished(self, step_id: str, *, ok: bool, seconds: float, detail: str = "") -> None: ...
+
+
+class LineEvents:
+    """Plain lines through `echo`: what a log file or a non-terminal gets."""
+
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
+
+    def message(self, line: str) -> None:
+        self.echo(line)
+
+    def step_started(self, step_id: str, job_id: str) -> None:
+        pass
+
+    def step_log(self, step_id: str, line: str) -> None:
+        pass
+
+    def step_finished(self, step_id: str, *, ok: bool, seconds: float, detail: str = "") -> None:
+        self.echo(f"{step_id}: {'done' if ok else 'failed'} in {seconds:.1f} s{f' ({detail})' if detail else ''}")
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One attempt of one step, for timings (`Runner.step_runs`)."""
+
+    step_id: str
+    job_id: str
+    started: float  # time.monotonic()
+    ended: float
+    ok: bool
+
+
+@dataclass
+class _Scope:
+    """What expressions see: the flow input (with `iter` inside a loop) and the results so far."""
+
+    flow_input: dict
+    results: dict = field(default_factory=dict)
+
+    def child(self, **flow_input_extra: Any) -> _Scope:
+        return _Scope({**self.flow_input, **flow_input_extra}, dict(self.results))
+
+
 class Runner:
     def __init__(
         self,
@@ -60,14 +134,20 @@ class Runner:
         *,
         root: Path = PROJECT_ROOT,
         echo: Callable[[str], None] = lambda line: None,
+        events: RunEvents | None = None,
+        api: Any = None,
         max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
+        """`api` is a `matterflow.wmill_api.WindmillApi` (or None: steps then run without a Windmill API)."""
         self.flow = flow
         self.resources = dict(resources or {})
         self.root = root
-        self.echo = echo
+        self.events: RunEvents = events or LineEvents(echo)
+        self.api = api
         self.max_result_bytes = max_result_bytes
+        self.step_runs: list[StepRun] = []
         self._js_lock = threading.Lock()
+        self._flow_job = ""
         _check_supported(flow)
 
     @classmethod
@@ -75,117 +155,221 @@ class Runner:
         return cls(yaml.safe_load(path.read_text()), **kwargs)
 
     def run(self, flow_input: Mapping[str, Any]) -> Any:
-        inputs = self._resolve(self._with_defaults(flow_input))
-        results: dict[str, Any] = {}
-        previous: Any = None
+        scope = _Scope(self._resolve(self._with_defaults(flow_input)))
+        self._flow_job = self.api.new_job() if self.api else str(uuid.uuid4())
         with MiniRacer() as self._js:
             try:
-                for module in self.flow["value"]["modules"]:
-                    previous = self._module(module, inputs, results, previous)
-                return previous
+                return self._sequence(self.flow["value"]["modules"], scope, None, top_level=True)
+            except _StopFlow as stop:
+                return stop.result
             except FlowFailed as failure:
                 handler = self.flow["value"].get("failure_module")
                 if handler:
-                    self.echo(f"running failure module {handler['id']}")
+                    self.events.message(f"running failure module {handler['id']}")
                     try:
-                        self._module(handler, inputs, results, failure.as_result())
+                        self._module(handler, scope, failure.as_result())
                     except FlowFailed as handler_failure:
-                        self.echo(f"the failure module failed too: {handler_failure}")
+                        self.events.message(f"the failure module failed too: {handler_failure}")
                 raise
 
     # modules ---------------------------------------------------------------------------------------------------
 
-    def _module(self, module: Mapping[str, Any], inputs: dict, results: dict, previous: Any) -> Any:
+    def _sequence(self, modules: list, scope: _Scope, previous: Any, *, top_level: bool = False) -> Any:
+        for module in modules:
+            previous = self._module(module, scope, previous)
+            stop = module.get("stop_after_if")
+            if top_level and stop and self._eval(stop["expr"], flow_input=scope.flow_input, result=previous):
+                if stop.get("error_message") is not None:
+                    message = stop["error_message"] or f"stop_after_if of step {module['id']} was true"
+                    raise FlowFailed(module["id"], "StopAfterIf", message)
+                self.events.message(f"{module['id']}: stop_after_if is true; the flow stops here")
+                raise _StopFlow(previous)
+        return previous
+
+    def _module(self, module: Mapping[str, Any], scope: _Scope, previous: Any) -> Any:
         value = module["value"]
-        if value["type"] == "script":
-            result = self._script_with_retry(module, inputs, results, previous)
-        else:  # branchall (_check_supported refused everything else)
-            result = self._branchall(module, inputs, results, previous)
-        results[module["id"]] = result
+        skip = module.get("skip_if")
+        if skip and self._eval(skip["expr"], flow_input=scope.flow_input, results=scope.results, previous_result=previous):
+            self.events.message(f"{module['id']}: skipped (skip_if)")
+            kind = "identity"  # Windmill runs a skipped step as an identity job
+        else:
+            kind = value["type"]
+        if kind == "identity":
+            result = previous
+        elif kind in ("script", "rawscript"):
+            result = self._script_with_retry(module, scope, previous)
+        elif kind == "branchall":
+            result = self._branchall(module, scope, previous)
+        elif kind == "branchone":
+            result = self._branchone(module, scope, previous)
+        else:  # forloopflow (_check_supported refused everything else)
+            result = self._forloop(module, scope, previous)
+        scope.results[module["id"]] = result
         return result
 
-    def _branchall(self, module: Mapping[str, Any], inputs: dict, results: dict, previous: Any) -> list:
+    def _branchall(self, module: Mapping[str, Any], scope: _Scope, previous: Any) -> list:
         branches = module["value"]["branches"]
 
-        def branch(index: int) -> Any:
-            last = previous
+        def branch(index: int) -> tuple[Any, dict]:
+            inner = scope.child()
             try:
-                for child in branches[index]["modules"]:
-                    last = self._module(child, inputs, results, last)
+                return self._sequence(branches[index]["modules"], inner, previous), inner.results
             except FlowFailed as failure:
                 if not branches[index].get("skip_failure"):
                     raise
-                return failure.as_result()
-            return last
+                return failure.as_result(), inner.results
 
-        self.echo(f"{module['id']}: {len(branches)} branches{' in parallel' if module['value'].get('parallel') else ''}")
-        if not module["value"].get("parallel"):
-            return [branch(i) for i in range(len(branches))]
-        with ThreadPoolExecutor(max_workers=len(branches)) as pool:
-            futures = [pool.submit(branch, i) for i in range(len(branches))]
-            outcomes = []
-            for future in futures:  # wait for every branch before failing, as Windmill does
+        parallel = bool(module["value"].get("parallel"))
+        self.events.message(f"{module['id']}: {len(branches)} branches{' in parallel' if parallel else ''}")
+        outcomes = self._map(branch, range(len(branches)), workers=len(branches) if parallel else 1)
+        for _, inner_results in outcomes:
+            scope.results.update(inner_results)
+        return [result for result, _ in outcomes]
+
+    def _branchone(self, module: Mapping[str, Any], scope: _Scope, previous: Any) -> Any:
+        value = module["value"]
+        for index, branch in enumerate(value.get("branches", [])):
+            if self._eval(branch["expr"], flow_input=scope.flow_input, results=scope.results, previous_result=previous):
+                self.events.message(f"{module['id']}: branch {index} ({branch.get('summary') or branch['expr']})")
+                return self._sequence(branch["modules"], scope, previous)
+        self.events.message(f"{module['id']}: default branch")
+        return self._sequence(value.get("default", []), scope, previous)
+
+    def _forloop(self, module: Mapping[str, Any], scope: _Scope, previous: Any) -> list:
+        value = module["value"]
+        items = self._transform(value["iterator"], scope, previous)
+        if not isinstance(items, list):
+            raise FlowFailed(module["id"], "IteratorNotAnArray", f"the iterator gave {type(items).__name__}, not an array")
+        workers = 1
+        if value.get("parallel"):
+            limit = value.get("parallelism")
+            if isinstance(limit, Mapping):
+                limit = self._transform(limit, scope, previous)
+            workers = int(limit) if limit else max(1, len(items))
+
+        def iteration(index: int) -> Any:
+            inner = scope.child(iter={"value": items[index], "index": index})
+            try:
+                return self._sequence(value["modules"], inner, previous)
+            except FlowFailed:
+                if not value.get("skip_failures"):
+                    raise
+                return None  # Windmill: "failed iterations return null"
+
+        self.events.message(f"{module['id']}: {len(items)} iterations, {workers} at a time")
+        return self._map(iteration, range(len(items)), workers=workers)
+
+    def _map(self, function: Callable[[int], Any], indexes: range, *, workers: int) -> list:
+        """Run `function` over `indexes`, `workers` at a time. Like Windmill, waits for every started one before
+        failing; sequentially (workers=1) it stops at the first failure."""
+        if workers <= 1:
+            return [function(i) for i in indexes]
+        with ThreadPoolExecutor(max_workers=min(workers, len(indexes)) or 1) as pool:
+            futures = [pool.submit(function, i) for i in indexes]
+            outcomes: list[Any] = []
+            failure: FlowFailed | None = None
+            for future in futures:
                 try:
                     outcomes.append(future.result())
-                except FlowFailed as failure:
-                    outcomes.append(failure)
-        failed = next((o for o in outcomes if isinstance(o, FlowFailed)), None)
-        if failed:
-            raise failed
+                except FlowFailed as exc:
+                    failure = failure or exc
+        if failure:
+            raise failure
         return outcomes
 
-    def _script_with_retry(self, module: Mapping[str, Any], inputs: dict, results: dict, previous: Any) -> Any:
-        args = {name: self._transform(t, inputs, results, previous) for name, t in module["value"].get("input_transforms", {}).items()}
+    # scripts ---------------------------------------------------------------------------------------------------
+
+    def _script_with_retry(self, module: Mapping[str, Any], scope: _Scope, previous: Any) -> Any:
+        value = module["value"]
+        args = {name: self._transform(t, scope, previous) for name, t in value.get("input_transforms", {}).items()}
         args = self._resolve(args)
+        timeout = module.get("timeout")
+        if isinstance(timeout, Mapping):
+            timeout = self._transform(timeout, scope, previous)
         delays = _retry_delays(module.get("retry") or {})
         for attempt in range(len(delays) + 1):
-            started = time.monotonic()
             try:
-                result = self._script(module["id"], module["value"]["path"], args)
-                self.echo(f"{module['id']}: done in {time.monotonic() - started:.1f} s")
-                return result
+                return self._script(module["id"], value, args, timeout=float(timeout) if timeout else None)
             except FlowFailed as failure:
                 if attempt == len(delays):
-                    self.echo(f"{module['id']}: failed: {failure.name}: {failure.message}")
                     raise
-                self.echo(f"{module['id']}: attempt {attempt + 1} failed ({failure.name}); retrying in {delays[attempt]:.1f} s")
+                self.events.message(f"{module['id']}: attempt {attempt + 1} failed ({failure.name}); retrying in {delays[attempt]:.1f} s")
                 time.sleep(delays[attempt])  # the retry delay Windmill would wait, not synchronisation
         raise AssertionError("unreachable")
 
-    def _script(self, step_id: str, path: str, args: dict) -> Any:
-        if not (self.root / f"{path}.py").exists():
-            raise InputError(f"step {step_id} calls {path}, which is not a script in this workspace", where="flow.yaml")
+    def _script(self, step_id: str, value: Mapping[str, Any], args: dict, *, timeout: float | None) -> Any:
+        job_id = self.api.new_job(parent=self._flow_job) if self.api else str(uuid.uuid4())
+        env = {**os.environ, "WM_FLOW_STEP_ID": step_id, "WM_JOB_ID": job_id, "WM_ROOT_FLOW_JOB_ID": self._flow_job}
+        if self.api:
+            env.update(self.api.env(job_id))
         with tempfile.TemporaryDirectory(prefix="matterflow-step-") as tmp:
             args_file, out_file = Path(tmp) / "args.json", Path(tmp) / "out.json"
             args_file.write_text(json.dumps(args, default=str))
-            completed = subprocess.run(
-                [sys.executable, "-m", "matterflow.step", path, str(args_file), str(out_file)],
-                cwd=self.root,
-                env={**os.environ, "WM_FLOW_STEP_ID": step_id},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if not out_file.exists():
-                raise FlowFailed(step_id, "WorkerCrash", completed.stderr.strip()[-500:] or f"exit code {completed.returncode}")
-            payload = out_file.read_text()
-        if len(payload) > self.max_result_bytes:
-            raise FlowFailed(step_id, "ResultTooLarge", f"the result is {len(payload):,} bytes, over Windmill's {self.max_result_bytes:,}")
-        outcome = json.loads(payload)
-        if "error" in outcome:
-            raise FlowFailed(step_id, outcome["error"]["name"], outcome["error"]["message"])
+            if value["type"] == "rawscript":
+                target = Path(tmp) / f"{step_id}.py"
+                target.write_text(value["content"])
+            else:
+                if not (self.root / f"{value['path']}.py").exists():
+                    raise InputError(f"step {step_id} calls {value['path']}, which is not a script in this workspace", where="flow.yaml")
+                target = value["path"]
+            started = time.monotonic()
+            self.events.step_started(step_id, job_id)
+            tail, returncode = self._run_process(step_id, [sys.executable, "-m", "matterflow.step", str(target), str(args_file), str(out_file)], env, timeout)
+            ended = time.monotonic()
+            payload = out_file.read_text() if out_file.exists() and returncode is not None else None
+        error: tuple[str, str] | None = None
+        if returncode is None:
+            error = ("TimeoutError", f"the step ran longer than its timeout of {timeout:g} s and was killed")
+        elif payload is None:
+            error = ("WorkerCrash", tail.strip()[-500:] or f"exit code {returncode}")
+        else:
+            outcome = json.loads(payload)
+            if "error" in outcome:
+                error = (outcome["error"]["name"], outcome["error"]["message"])
+            elif (size := len(json.dumps(outcome["result"]))) > self.max_result_bytes:
+                error = ("ResultTooLarge", f"the result is {size:,} bytes, over Windmill's {self.max_result_bytes:,}")
+        self.step_runs.append(StepRun(step_id, job_id, started, ended, error is None))
+        self.events.step_finished(step_id, ok=error is None, seconds=ended - started, detail=f"{error[0]}: {error[1]}" if error else "")
+        if error:
+            raise FlowFailed(step_id, *error)
         return outcome["result"]
+
+    def _run_process(self, step_id: str, command: list[str], env: dict, timeout: float | None) -> tuple[str, int | None]:
+        """Run one step process, passing its output lines to the display. Returns (the output's tail, exit code),
+        exit code None when the timeout killed it."""
+        tail: list[str] = []
+        with subprocess.Popen(command, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+
+            def read() -> None:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    tail.append(line)
+                    del tail[:-40]
+                    self.events.step_log(step_id, line.rstrip("\n"))
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            try:
+                returncode: int | None = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                returncode = None
+            reader.join()
+        return "".join(tail)[-LOG_TAIL_CHARS:], returncode
 
     # inputs ----------------------------------------------------------------------------------------------------
 
-    def _transform(self, transform: Mapping[str, Any], inputs: dict, results: dict, previous: Any) -> Any:
+    def _transform(self, transform: Mapping[str, Any], scope: _Scope, previous: Any) -> Any:
         if transform["type"] == "static":
             return transform.get("value")
-        expression = transform["expr"]
+        return self._eval(transform["expr"], flow_input=scope.flow_input, results=scope.results, previous_result=previous)
+
+    def _eval(self, expression: str, **names: Any) -> Any:
+        """Evaluate a JavaScript expression in V8 with `names` as its variables; the value comes back as JSON."""
         program = (
-            "(function(flow_input, results, previous_result){ const v = (" + expression + "); "
-            "return JSON.stringify(v === undefined ? null : v); })("
-            + ", ".join(json.dumps(v, default=str) for v in (inputs, results, previous))
+            f"(function({', '.join(names)}){{ const v = ({expression}); return JSON.stringify(v === undefined ? null : v); }})("
+            + ", ".join(json.dumps(v, default=str) for v in names.values())
             + ")"
         )
         with self._js_lock:
@@ -236,33 +420,49 @@ def _retry_delays(retry: Mapping[str, Any]) -> list[float]:
 def _check_supported(flow: Mapping[str, Any]) -> None:
     """Refuse, by name, anything this runner would not run the way Windmill does."""
 
-    def check(module: Mapping[str, Any], where: str) -> None:
+    def refuse(module: Mapping[str, Any], what: str) -> None:
+        raise InputError(f"module {module.get('id')!r} {what}, which `matterflow run` does not support", where="flow.yaml")
+
+    def check_all(modules: list, *, top_level: bool) -> None:
+        for module in modules:
+            check(module, top_level=top_level)
+
+    def check(module: Mapping[str, Any], *, top_level: bool) -> None:
         extra = set(module) - MODULE_KEYS
         if extra:
-            raise InputError(f"module {module.get('id')!r} uses {sorted(extra)}, which `matterflow run` does not support", where=where)
+            refuse(module, f"uses {sorted(extra)}")
+        if "stop_after_if" in module and not top_level:
+            refuse(module, "uses stop_after_if inside a branch or loop")
         value = module["value"]
         kind = value.get("type")
-        if kind == "script":
-            allowed = SCRIPT_KEYS
-        elif kind == "branchall":
-            allowed = BRANCHALL_KEYS
-            for branch in value.get("branches", []):
-                for child in branch.get("modules", []):
-                    check(child, where)
-        else:
-            raise InputError(f"module {module.get('id')!r} is of type {kind!r}, which `matterflow run` does not support", where=where)
-        extra = set(value) - allowed
+        if kind not in VALUE_KEYS:
+            refuse(module, f"is of type {kind!r}")
+        extra = set(value) - VALUE_KEYS[kind]
         if extra:
-            raise InputError(f"module {module.get('id')!r} uses {sorted(extra)}, which `matterflow run` does not support", where=where)
-        for name, transform in (value.get("input_transforms") or {}).items():
+            refuse(module, f"uses {sorted(extra)}")
+        if kind == "rawscript" and value.get("language") != "python3":
+            refuse(module, f"is a rawscript in {value.get('language')!r} (only python3 runs here)")
+        if kind == "branchall":
+            for branch in value.get("branches", []):
+                check_all(branch.get("modules", []), top_level=False)
+        elif kind == "branchone":
+            for branch in value.get("branches", []):
+                check_all(branch.get("modules", []), top_level=False)
+            check_all(value.get("default", []), top_level=False)
+        elif kind == "forloopflow":
+            check_all(value.get("modules", []), top_level=False)
+        transforms = dict(value.get("input_transforms") or {})
+        transforms.update({key: value[key] for key in ("iterator", "parallelism") if isinstance(value.get(key), Mapping)})
+        if isinstance(module.get("timeout"), Mapping):
+            transforms["timeout"] = module["timeout"]
+        for name, transform in transforms.items():
             if transform.get("type") not in ("static", "javascript"):
-                raise InputError(f"input {module.get('id')}.{name} has transform type {transform.get('type')!r}", where=where)
+                raise InputError(f"input {module.get('id')}.{name} has transform type {transform.get('type')!r}", where="flow.yaml")
 
     flow_value = flow.get("value") or {}
     unsupported = set(flow_value) - {"modules", "failure_module"}
     if unsupported:
         raise InputError(f"the flow uses {sorted(unsupported)}, which `matterflow run` does not support", where="flow.yaml")
-    for module in flow_value.get("modules", []):
-        check(module, "flow.yaml")
+    check_all(flow_value.get("modules", []), top_level=True)
     if flow_value.get("failure_module"):
-        check(flow_value["failure_module"], "flow.yaml")
+        check(flow_value["failure_module"], top_level=False)
