@@ -24,6 +24,9 @@ from .models import Document, Page, Word
 MAX_PAGE_CHARS = 200_000
 MAX_PAGE_WORDS = 40_000
 MAX_INPUT_BYTES = 2 * 1024**3
+# Azure analyses at most 2,000 pages a document and numbers them from 1; a page number far beyond that is not a
+# page number (and ranges over page numbers, in the planner and the merge, must stay small).
+MAX_PAGE_NUMBER = 100_000
 
 # ---------------------------------------------------------------------------------------------------------------
 # Raw shapes: only the fields we read; msgspec skips everything else without materializing it.
@@ -90,6 +93,10 @@ class _Root(_AnalyzeResult):
 
 _DECODER = msgspec.json.Decoder(_Root)
 _KEYS_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENCODER = msgspec.json.Encoder()
+# JSON may spell UTF-16 surrogates as escapes (\ud83d\ude00 is one emoji); an unpaired one decodes to a str
+# that cannot be written as UTF-8. Only files containing such an escape are checked string by string.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,12 +107,18 @@ def parse_ocr(data: bytes, *, source: str = "input") -> Document:
     """Decode an Azure OCR result and normalize it. `source` names the input in error messages."""
     data = _check_bytes(data, source)
     try:
-        root = _DECODER.decode(data)
-    except msgspec.ValidationError as exc:
-        raise _shape_error(data, exc, source) from None
-    except msgspec.DecodeError:
-        root = _decode_leniently(data, source)
-    return normalize(root, source=source, raw=data)
+        try:
+            root = _DECODER.decode(data)
+        except msgspec.ValidationError as exc:
+            raise _shape_error(data, exc, source) from None
+        except msgspec.DecodeError:
+            root = _decode_leniently(data, source)
+    except RecursionError:
+        raise OcrFormatError("the JSON is nested too deeply to be an Azure OCR result", where=source) from None
+    document = normalize(root, source=source, raw=data)
+    if _SURROGATE_ESCAPE.search(data):
+        _check_unicode(document, source)
+    return document
 
 
 def normalize(root: _Root, *, source: str = "input", raw: bytes | None = None) -> Document:
@@ -145,7 +158,8 @@ def normalize(root: _Root, *, source: str = "input", raw: bytes | None = None) -
 def _di_pages(result: _AnalyzeResult, source: str) -> list[Page]:
     content = result.content
     utf16 = (result.stringIndexType or "").lower() == "utf16codeunit"
-    encoded = content.encode("utf-16-le") if utf16 and content is not None else None
+    # surrogatepass: an unpaired surrogate is one UTF-16 code unit, so offsets stay right; slices decode with U+FFFD
+    encoded = content.encode("utf-16-le", "surrogatepass") if utf16 and content is not None else None
     pages = []
     for position, raw in enumerate(result.pages or [], start=1):
         number = _page_number(raw.pageNumber, position, "pageNumber", source)
@@ -173,6 +187,11 @@ def _page_number(value: int | None, position: int, field: str, source: str) -> i
         raise OcrFormatError(f"page #{position} in the file has no {field!r}", where=source)
     if value < 1:
         raise OcrFormatError(f"page #{position} in the file has {field} {value}; page numbers start at 1", where=source)
+    if value > MAX_PAGE_NUMBER:
+        raise OcrFormatError(
+            f"page #{position} in the file has {field} {value}, over the {MAX_PAGE_NUMBER:,} a document may have",
+            where=source,
+        )
     return value
 
 
@@ -244,6 +263,31 @@ def _in_page_order(pages: list[Page], source: str) -> list[Page]:
     if all(a.number < b.number for a, b in itertools.pairwise(pages)):
         return pages
     return sorted(pages, key=lambda page: page.number)
+
+
+def _check_unicode(document: Document, source: str) -> None:
+    """Every string must be writable as UTF-8 (document.json): name the first that holds an unpaired surrogate."""
+    for page in document.pages:
+        try:
+            _ENCODER.encode(page)
+        except UnicodeEncodeError:
+            index = next((i for i, w in enumerate(page.words, 1) if not _is_unicode(w.content)), None)
+            what = f"word {index} has" if index is not None else "the text has"
+            raise OcrFormatError(
+                f"page {page.number}: {what} an unpaired UTF-16 surrogate (a \\uD800-\\uDFFF escape); the file is "
+                "not valid Unicode",
+                where=source,
+            ) from None
+    if document.api_version is not None and not _is_unicode(document.api_version):
+        raise OcrFormatError("the apiVersion holds an unpaired UTF-16 surrogate", where=source)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------
