@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WMILL = ROOT / "node_modules" / ".bin" / "wmill"
 SCRIPTS = sorted((ROOT / "f").rglob("*.py"))
 # Scripts that Windmill runs (they have main()); every other module under f/ is a library Windmill imports.
-RUNNABLE = {"f/matter/ingest", "f/matter/ocr_confidence", "f/matter/llm_fanout", "f/matter/publish", "f/matter/on_failure"}
+RUNNABLE = {
+    "f/matter/ingest", "f/matter/ocr_confidence", "f/matter/llm_fanout", "f/matter/publish", "f/matter/on_failure",
+    "f/matter/sweep",
+}
 
 pytestmark = pytest.mark.node
 
