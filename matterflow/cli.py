@@ -186,6 +186,7 @@ def run_flow(flow_path: Path, flow_input: str, resources: Path | None) -> None:
         --input '{"blob_path": "matters/M-1042/documents/lease.ocr.json",
                   "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"}'
     """
+    from .progress import display_for
     from .runner import Runner
 
     text = Path(flow_input[1:]).read_text() if flow_input.startswith("@") else flow_input
@@ -197,8 +198,20 @@ def run_flow(flow_path: Path, flow_input: str, resources: Path | None) -> None:
     if resources is not None:
         for path in sorted(resources.rglob("*.json")):
             found[str(path.relative_to(resources).with_suffix(""))] = json.loads(path.read_text())
-    result = Runner.from_file(flow_path, resources=found, echo=lambda line: click.echo(line, err=True)).run(values)
+    display = display_for(sys.stderr, progress_of=lambda job_id: runner.progress(job_id))
+    runner = Runner.from_file(flow_path, resources=found, events=display, path=_flow_path_of(flow_path))
+    with display:
+        result = runner.run(values)
     click.echo(json.dumps(result, indent=2, default=str))
+
+
+def _flow_path_of(flow_file: Path) -> str | None:
+    """`f/matter/process_document__flow/flow.yaml` is the flow `f/matter/process_document` (nonDottedPaths)."""
+    folder = flow_file.resolve().parent
+    if not folder.name.endswith("__flow") or "f" not in folder.parts:
+        return None
+    parts = folder.parts[len(folder.parts) - folder.parts[::-1].index("f") - 1 :]
+    return "/".join(parts).removesuffix("__flow")
 
 
 @cli.command()

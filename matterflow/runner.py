@@ -14,15 +14,18 @@ Windmill runs them:
   `previous_result = {error: {name, message, step_id}}`, and the flow still fails);
 - input transforms `static` and `javascript`, the expressions evaluated by a real JS engine (V8, mini-racer) with
   `flow_input`, `results` and `previous_result`;
-- `$res:<path>` values resolved from the resources given, `$var:<path>` from the environment.
-Scripts that call the `wmill` client work unchanged when the runner is given a `WindmillApi`: each step gets
-WM_TOKEN, BASE_INTERNAL_URL, WM_WORKSPACE and WM_JOB_ID pointing at it, as a worker sets them.
+- `$res:<path>` values resolved from the resources given, `$var:<path>` from the variables given or else the
+  environment (`$var:f/matter/api_key` -> API_KEY).
+Scripts that call the `wmill` client work unchanged: each run serves the subset of Windmill's API they use on
+loopback (matterflow.wmill_api), and each step gets WM_TOKEN, BASE_INTERNAL_URL, WM_WORKSPACE, WM_JOB_ID... as a
+worker sets them. Flows a step starts with `wmill.run_flow_async` run in the background, and `run()` waits for them.
 Anything else in the flow (other module types, suspend, sleep, cache...) is refused by name, so a flow never
 silently runs differently here than on Windmill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -43,6 +46,7 @@ from py_mini_racer import MiniRacer
 
 from f.matter.errors import InputError, MatterflowError
 from matterflow.azurite import PROJECT_ROOT
+from matterflow.wmill_api import WindmillApi
 
 MAX_RESULT_BYTES = 2 * 1024 * 1024  # Windmill truncates or rejects step results above a few MiB
 MODULE_KEYS = {"id", "summary", "value", "retry", "timeout", "skip_if", "stop_after_if"}
@@ -135,28 +139,91 @@ class Runner:
         root: Path = PROJECT_ROOT,
         echo: Callable[[str], None] = lambda line: None,
         events: RunEvents | None = None,
-        api: Any = None,
+        variables: Mapping[str, str] | None = None,
+        api: WindmillApi | None = None,
+        path: str | None = None,
         max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
-        """`api` is a `matterflow.wmill_api.WindmillApi` (or None: steps then run without a Windmill API)."""
+        """`api`: the Windmill API the steps talk to; by default each run serves its own on loopback.
+        `variables`: Windmill variables by path, for `$var:` and `wmill.get_variable` (else the environment)."""
         self.flow = flow
         self.resources = dict(resources or {})
+        self.variables = dict(variables or {})
         self.root = root
         self.events: RunEvents = events or LineEvents(echo)
         self.api = api
+        self.path = path
         self.max_result_bytes = max_result_bytes
         self.step_runs: list[StepRun] = []
         self._js_lock = threading.Lock()
         self._flow_job = ""
+        self._active_api: WindmillApi | None = None
+        self._started_flows: list[threading.Thread] = []
         _check_supported(flow)
 
     @classmethod
-    def from_file(cls, path: Path, **kwargs: Any) -> Runner:
-        return cls(yaml.safe_load(path.read_text()), **kwargs)
+    def from_file(cls, flow_file: Path, **kwargs: Any) -> Runner:
+        return cls(yaml.safe_load(flow_file.read_text()), **kwargs)
+
+    def progress(self, job_id: str) -> int | None:
+        """The last percent a running step reported with `wmill.set_progress` (for displays)."""
+        api = self._active_api
+        values = api.progress.get(job_id) if api else None
+        return values[-1] if values else None
 
     def run(self, flow_input: Mapping[str, Any]) -> Any:
+        """Run the flow to its end and return its result; raises FlowFailed (after the failure module ran)."""
+        with contextlib.ExitStack() as stack:
+            if self.api is None:
+                api = WindmillApi(resources=self.resources, variables=self.variables, on_run_flow=self._start_flow)
+                self._active_api = stack.enter_context(api)
+            else:
+                self._active_api = self.api
+            # Flows a step started with wmill.run_flow_async keep running, as on Windmill; wait for them here.
+            stack.callback(self._join_started_flows)
+            return self._run_as_job(flow_input, self._active_api.new_job(kind="flow", path=self.path))
+
+    def _run_as_job(self, flow_input: Mapping[str, Any], job_id: str) -> Any:
+        assert self._active_api is not None
+        self._flow_job = job_id
+        try:
+            result = self._run(flow_input)
+        except BaseException:
+            self._active_api.complete_job(job_id, success=False)
+            raise
+        self._active_api.complete_job(job_id, result=result)
+        return result
+
+    def _start_flow(self, path: str, args: dict[str, Any]) -> str:
+        """`wmill.run_flow_async(path, args)` from a step: run that workspace flow in the background."""
+        flow_file = self.root / f"{path}__flow" / "flow.yaml"
+        if not flow_file.exists():
+            raise InputError(f"no flow {path} in this workspace", where="run_flow_async")
+        job_id = str(uuid.uuid4())
+        child = Runner.from_file(flow_file, resources=self.resources, root=self.root, events=self.events, variables=self.variables, path=path)
+        child._active_api = self._active_api
+        assert self._active_api is not None
+        self._active_api.new_job_with_id(job_id, path=path, kind="flow")
+
+        def run() -> None:
+            try:
+                child._run_as_job(args, job_id)
+                self.events.message(f"flow {path} (job {job_id}) finished")
+            except Exception as exc:  # reported like a failed job on Windmill; the starting step goes on
+                self.events.message(f"flow {path} (job {job_id}) failed: {exc}")
+
+        thread = threading.Thread(target=run, name=f"flow-{job_id[:8]}")
+        self._started_flows.append(thread)
+        self.events.message(f"flow {path} started as job {job_id}")
+        thread.start()
+        return job_id
+
+    def _join_started_flows(self) -> None:
+        while self._started_flows:
+            self._started_flows.pop().join()
+
+    def _run(self, flow_input: Mapping[str, Any]) -> Any:
         scope = _Scope(self._resolve(self._with_defaults(flow_input)))
-        self._flow_job = self.api.new_job() if self.api else str(uuid.uuid4())
         with MiniRacer() as self._js:
             try:
                 return self._sequence(self.flow["value"]["modules"], scope, None, top_level=True)
@@ -298,10 +365,10 @@ class Runner:
         raise AssertionError("unreachable")
 
     def _script(self, step_id: str, value: Mapping[str, Any], args: dict, *, timeout: float | None) -> Any:
-        job_id = self.api.new_job(parent=self._flow_job) if self.api else str(uuid.uuid4())
-        env = {**os.environ, "WM_FLOW_STEP_ID": step_id, "WM_JOB_ID": job_id, "WM_ROOT_FLOW_JOB_ID": self._flow_job}
-        if self.api:
-            env.update(self.api.env(job_id))
+        api = self._active_api
+        assert api is not None
+        job_id = api.new_job(parent=self._flow_job, path=value.get("path"))
+        env = {**os.environ, **api.env(job_id), "WM_FLOW_STEP_ID": step_id}
         with tempfile.TemporaryDirectory(prefix="matterflow-step-") as tmp:
             args_file, out_file = Path(tmp) / "args.json", Path(tmp) / "out.json"
             args_file.write_text(json.dumps(args, default=str))
@@ -329,6 +396,7 @@ class Runner:
             elif (size := len(json.dumps(outcome["result"]))) > self.max_result_bytes:
                 error = ("ResultTooLarge", f"the result is {size:,} bytes, over Windmill's {self.max_result_bytes:,}")
         self.step_runs.append(StepRun(step_id, job_id, started, ended, error is None))
+        api.complete_job(job_id, success=error is None, result=None if error else outcome["result"])
         self.events.step_finished(step_id, ok=error is None, seconds=ended - started, detail=f"{error[0]}: {error[1]}" if error else "")
         if error:
             raise FlowFailed(step_id, *error)
@@ -394,6 +462,8 @@ class Runner:
                 raise InputError(f"no resource {path!r}; known: {sorted(self.resources)}", where="resources")
             return self.resources[path]
         if isinstance(value, str) and value.startswith("$var:"):
+            if value[len("$var:") :] in self.variables:
+                return self.variables[value[len("$var:") :]]
             name = value[len("$var:") :].rsplit("/", 1)[-1].upper()
             if name not in os.environ:
                 raise InputError(f"variable {value!r} is not set (environment variable {name})", where="variables")

@@ -355,3 +355,64 @@ def test_each_step_attempt_is_timed() -> None:
     assert [s.step_id for s in runner_steps] == ["a", "b"]
     assert all(s.ok and s.ended >= s.started for s in runner_steps)
     assert runner_steps[0].ended <= runner_steps[1].started
+
+
+USES_WMILL = '''
+import os
+import wmill
+
+def main():
+    wmill.set_progress(40)
+    wmill.set_state({"seen": 1})
+    return {
+        "resource": wmill.get_resource("f/t/conn"),
+        "variable": wmill.get_variable("f/t/greeting"),
+        "state": wmill.get_state(),
+        "job": os.environ["WM_JOB_ID"],
+        "flow": os.environ["WM_FLOW_JOB_ID"],
+        "workspace": os.environ["WM_WORKSPACE"],
+    }
+'''
+
+
+def test_steps_reach_windmills_api_on_loopback_as_on_a_worker() -> None:
+    runner = Runner(
+        {"summary": "t", "value": {"modules": [raw("talks", USES_WMILL)]}},
+        resources={"f/t/conn": {"host": "db.example", "port": 5432}},
+        variables={"f/t/greeting": "hello"},
+    )
+    result = runner.run({})
+    assert result["resource"] == {"host": "db.example", "port": 5432}
+    assert result["variable"] == "hello"
+    assert result["state"] == {"seen": 1}
+    assert result["workspace"] == "matterflow" and result["job"] != result["flow"]
+    assert runner.progress(result["job"]) == 40
+    assert [run.job_id for run in runner.step_runs] == [result["job"]]
+
+
+STARTS_A_FLOW = '''
+import wmill
+
+def main(out: str):
+    return wmill.run_flow_async("f/t/child", {"out": out, "word": "started"})
+'''
+
+
+def test_a_flow_started_with_run_flow_async_runs_and_run_waits_for_it(tmp_path: Path) -> None:
+    child = tmp_path / "f" / "t" / "child__flow" / "flow.yaml"
+    child.parent.mkdir(parents=True)
+    child.write_text(
+        json.dumps(
+            {
+                "summary": "child",
+                "value": {"modules": [raw("write", RECORD, out={"type": "javascript", "expr": "flow_input.out"}, payload=js("flow_input.word"))]},
+                "schema": {"type": "object", "properties": {"out": {"type": "string"}, "word": {"type": "string"}}, "required": ["out"]},
+            }
+        )
+    )
+    out = tmp_path / "child-wrote.json"
+    runner = Runner({"summary": "t", "value": {"modules": [raw("start", STARTS_A_FLOW, out=static(str(out)))]}}, root=tmp_path)
+    job_id = runner.run({})
+    assert json.loads(out.read_text()) == "started", "the child flow ran before run() returned"
+    assert [r.step_id for r in runner.step_runs] == ["start"]
+    assert len(job_id) == 36

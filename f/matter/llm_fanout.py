@@ -174,17 +174,18 @@ def summarize(run: Manifest, shard: int, windows: list[Window], results: list[Wi
 
 
 def _windmill_progress():
-    """Report progress to Windmill when running on a worker; a no-op elsewhere."""
-    if not os.environ.get("WM_JOB_ID") or not os.environ.get("WM_TOKEN"):
-        return lambda done, total: None
+    """Log `done/total windows` and, on a worker, report the percent to Windmill (the job's progress bar)."""
+    on_worker = bool(os.environ.get("WM_JOB_ID") and os.environ.get("WM_TOKEN"))
     last = {"percent": -1}
 
     def report(done: int, total: int) -> None:
         percent = min(99, int(100 * done / max(total, 1)))
-        if percent >= last["percent"] + 5:
+        if percent >= last["percent"] + 5 or done == total:
             last["percent"] = percent
-            # A short blocking call, at most 20 times a shard; progress is cosmetic, so it never fails a shard.
-            with contextlib.suppress(Exception):
-                wmill.set_progress(percent)
+            print(f"{done}/{total} windows done", flush=True)
+            if on_worker:
+                # A short blocking call, at most 20 times a shard; progress is cosmetic, so it never fails a shard.
+                with contextlib.suppress(Exception):
+                    wmill.set_progress(percent)
 
     return report
