@@ -215,14 +215,39 @@ def _flow_path_of(flow_file: Path) -> str | None:
 
 
 @cli.command()
-def demo() -> None:
-    """Run the pipeline on embedded defaults: a real Azurite and the bundled sample matter.
+@click.option("--pages", type=click.IntRange(1, 5000), default=None, help="Generate a document of N pages instead of the bundled 60-page sample.")
+@click.option("--fault-rate", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Share of simulated LLM requests that fail (429, 5xx, resets, bad JSON).")
+@click.option("--llm-pool", "llm_pool", envvar="MATTERFLOW_LLM_POOL", default=None, help="Real endpoints: llm_pool JSON or @file (env MATTERFLOW_LLM_POOL). Default: three simulators.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where to copy result.json and report.html [default: out/].")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (with the paths and the simulators' call counts).")
+def demo(pages: int | None, fault_rate: float, llm_pool: str | None, out: Path | None, as_json: bool) -> None:
+    """Run the pipeline on embedded defaults: Azurite, three simulated Llama 3 70B endpoints, the sample matter.
 
-    Needs only `make setup`; starts Azurite in memory on a free loopback port and stops it afterwards.
+    Needs only `make setup`. Starts Azurite (in memory) and the simulators on free loopback ports, runs
+    f/matter/process_document with the local runner, copies result.json and report.html to out/, and stops
+    everything it started.
+
+    \b
+    Examples:
+      matterflow demo
+      matterflow demo --pages 300 --fault-rate 0.2
+      matterflow demo --llm-pool @pool.json --json
     """
-    from .demo import run_demo
+    from .demo import OUT, DemoOptions, describe, load_pool, run_demo
+    from .progress import display_for
 
-    run_demo()
+    pool = None
+    if llm_pool:
+        try:
+            pool = load_pool(llm_pool)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read the llm_pool: {exc}", where="--llm-pool") from None
+    options = DemoOptions(pages=pages, fault_rate=fault_rate, llm_pool=pool, out=out or OUT)
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    display = display_for(sys.stderr if as_json else sys.stdout)
+    with display:
+        summary = run_demo(options, events=display, echo=echo)
+    click.echo(json.dumps(summary, indent=2) if as_json else "\n" + describe(summary))
 
 
 @cli.command()
@@ -262,6 +287,27 @@ def bench() -> None:
     """Benchmarks: figures measured side by side in one run (see bench/RESULTS.md)."""
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in _csv(text)]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter("give at least one size, each at least 1")
+    return sizes
+
+
+def _show(module, report: dict, as_json: bool) -> None:
+    from .bench.common import dumps, goals_md
+
+    if as_json:
+        click.echo(dumps(report))
+        return
+    click.echo(module.table(report))
+    if report.get("goals"):
+        click.echo("\n" + goals_md(report))
+
+
 @bench.command("fanout")
 @click.option("--windows", type=click.IntRange(1), default=None, help="Windows to send [default: 1000; 300 with --throttled].")
 @click.option("--latency-ms", type=click.FloatRange(1), default=2000.0, show_default=True, help="Seconds per simulated call x 1000.")
@@ -278,22 +324,87 @@ def bench_fanout(windows: int | None, latency_ms: float, throttled: bool, rpm: i
       matterflow bench fanout --latency-ms 200 --json  # client CPU per request
       matterflow bench fanout --throttled --windows 300
     """
-    from . import bench as benchmarks
+    from .bench import fanout
 
     if throttled:
-        report = benchmarks.throttled(windows=windows or 300, rpm=rpm)
+        report = fanout.throttled(windows=windows or 300, rpm=rpm)
     else:
-        report = benchmarks.fanout(windows=windows or 1000, latency_ms=latency_ms, peers=not no_peers)
-    click.echo(benchmarks.dumps(report) if as_json else benchmarks.table(report))
+        report = fanout.fanout(windows=windows or 1000, latency_ms=latency_ms, peers=not no_peers)
+    _show(fanout, report, as_json)
+
+
+@bench.command("parse")
+@click.option("--pages", default="100,500,2000,5000", show_default=True, help="Document sizes in pages, comma-separated.")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Measurements per contender [default: 3; 2 above 2,000 pages].")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report (ratio_to_orjson, peak_extra_mb, ...).")
+def bench_parse(pages: str, rounds: int | None, as_json: bool) -> None:
+    """Parse + normalize + confidence vs orjson.loads and json + a loop: time and peak memory, fresh process each.
+
+    \b
+    Examples:
+      matterflow bench parse --pages 2000 --json   # ratio_to_orjson, peak_extra_mb (the largest size's)
+      matterflow bench parse --pages 100,500,2000,5000
+    """
+    from .bench import parse
+
+    _show(parse, parse.run(_sizes(pages), rounds), as_json)
+
+
+@bench.command("blob")
+@click.option("--mb", type=click.IntRange(1, 1024), default=50, show_default=True, help="MiB to stage and read.")
+@click.option("--rounds", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def bench_blob(mb: int, rounds: int, as_json: bool) -> None:
+    """BlobStore write_bytes / read_bytes vs the raw azure-storage-blob SDK's best configuration, on one Azurite."""
+    from .bench import blob
+
+    _show(blob, blob.run(mb, rounds), as_json)
+
+
+@bench.command("e2e")
+@click.option("--pages", default="10,100,500", show_default=True, help="Document sizes in pages, comma-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def bench_e2e(pages: str, as_json: bool) -> None:
+    """`matterflow run` on generated documents against 3 realistic simulators: wall time split by step."""
+    from .bench import e2e
+
+    _show(e2e, e2e.run(_sizes(pages)), as_json)
+
+
+@bench.command("cost")
+@click.option("--pages", type=click.IntRange(3), default=200, show_default=True, help="Pages of the generated matter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def bench_cost(pages: int, as_json: bool) -> None:
+    """Tokens per page by window and overlap, $ per 1,000 pages vs Claude 3.5 Sonnet; estimate vs simulator usage."""
+    from .bench import cost
+
+    _show(cost, cost.run(pages), as_json)
+
+
+@bench.command("many-docs")
+@click.option("--docs", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--pages", type=click.IntRange(1), default=20, show_default=True, help="Pages per document.")
+@click.option("--workers", type=click.IntRange(1), default=10, show_default=True, help="Runner processes at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+def bench_many_docs(docs: int, pages: int, workers: int, as_json: bool) -> None:
+    """Many documents through the local runner at once: pages per second vs the simulators' capacity."""
+    from .bench import many_docs
+
+    _show(many_docs, many_docs.run(docs, pages, workers=workers), as_json)
 
 
 @bench.command("all")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("bench"), show_default=True)
-def bench_all(out: Path) -> None:
+@click.option("--only", default="", help="Run only these scenarios (comma-separated names); RESULTS.md keeps the others' last reports.")
+def bench_all(out: Path, only: str) -> None:
     """Run every benchmark scenario and rewrite OUT/RESULTS.md (what `make bench` runs)."""
     from . import bench as benchmarks
 
-    click.echo(f"wrote {benchmarks.run_all(out)}")
+    names = _csv(only)
+    unknown = set(names) - set(benchmarks.SCENARIOS)
+    if unknown:
+        raise click.BadParameter(f"unknown scenarios {sorted(unknown)}; known: {', '.join(benchmarks.SCENARIOS)}", param_hint="--only")
+    click.echo(f"wrote {benchmarks.run_all(out, names or None, echo=click.echo)}")
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import math
 import time
 import uuid
@@ -38,6 +37,8 @@ from f.matter.storage import BlobStore
 from matterflow.azurite import Azurite
 from matterflow.sim import SimulatorProcess
 from matterflow.synth import synthetic_layout_bytes
+
+from .common import dumps  # noqa: F401 - `bench.fanout.dumps` stays importable
 
 CAPACITY = 64
 ENDPOINTS = 3
@@ -236,55 +237,32 @@ def _report(scenario: str, settings: dict, results: list[Measurement]) -> dict:
 
 
 def table(report: dict) -> str:
+    """The RESULTS.md table: every contender, measured one after the other on the same simulators."""
     rows = [f"| contender | ok / requests | wall s | x ideal ({report['settings']['ideal_s']:.1f} s) | client CPU ms / request |", "|---|---|---|---|---|"]
     for m in report["measurements"]:
         rows.append(f"| {m['name']} | {m['ok']} / {m['requests']} | {m['wall_s']:.2f} | {m['ratio_to_ideal']:.3f} | {m['cpu_ms_per_request']:.2f} |")
     return "\n".join(rows)
 
 
-def dumps(report: dict) -> str:
-    return json.dumps(report, indent=2)
+def plot(report: dict, path: Path) -> None:
+    """Wall time as a multiple of the ideal, and client CPU per request, per contender."""
+    from .common import pyplot
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# make bench: every scenario, recorded
-
-
-SCENARIOS = {
-    "fanout-2s": ("matterflow bench fanout --windows 1000 --latency-ms 2000", lambda: fanout(1000, 2000.0)),
-    "fanout-200ms": ("matterflow bench fanout --windows 1000 --latency-ms 200", lambda: fanout(1000, 200.0)),
-    "fanout-throttled": ("matterflow bench fanout --throttled --windows 300 --rpm 600", lambda: throttled(300, 600)),
-}
-
-
-def run_all(out_dir: Path) -> Path:
-    """Run every scenario, keep each JSON report in `out_dir/results/`, and rewrite `out_dir/RESULTS.md`."""
-    results_dir = out_dir / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    for name, (command, scenario) in SCENARIOS.items():
-        report = scenario()
-        report["command"] = command
-        report["recorded"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        (results_dir / f"{name}.json").write_text(dumps(report) + "\n")
-    return write_results_md(out_dir)
-
-
-def write_results_md(out_dir: Path) -> Path:
-    sections = [RESULTS_HEADER]
-    for name, (command, _) in SCENARIOS.items():
-        path = out_dir / "results" / f"{name}.json"
-        if not path.exists():
-            continue
-        report = json.loads(path.read_text())
-        sections.append(f"### {name}\n\n`{report.get('command', command)}` ({report.get('recorded', '')})\n\n{table(report)}\n")
-    target = out_dir / "RESULTS.md"
-    target.write_text("\n".join(sections))
-    return target
-
-
-RESULTS_HEADER = """# Benchmark results
-
-Written by `make bench` (`matterflow bench all`); every figure in a table was measured in the same run as the
-others in that table, on the same simulator processes, on this project's 2-core CI machine class. The JSON reports
-are in `results/`. Notes on the goals are in `NOTES.md`.
-"""
+    plt = pyplot()
+    names = [m["name"] for m in report["measurements"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = ["#1f77b4" if n.startswith("matterflow") else "#999999" for n in names]
+    left.barh(names, [m["ratio_to_ideal"] for m in report["measurements"]], color=colors)
+    left.axvline(1.0, color="black", lw=0.8, ls="--")
+    left.set_xlabel(f"wall time / ideal ({report['settings']['ideal_s']:.1f} s)")
+    left.invert_yaxis()
+    right.barh(names, [m["cpu_ms_per_request"] for m in report["measurements"]], color=colors)
+    right.set_xlabel("client CPU ms per request")
+    right.invert_yaxis()
+    right.set_yticklabels([])
+    settings = report["settings"]
+    what = f"{settings['windows']} windows" + (f", {settings['latency_ms']:.0f} ms per call" if "latency_ms" in settings else f", {settings.get('rpm')} rpm")
+    fig.suptitle(f"{report['scenario']}: {what} (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
