@@ -7,7 +7,8 @@
 # Needs python3 >= 3.9 and apt-get (Debian/Ubuntu); runs unattended (CI=true, no stdin). Work already done is
 # skipped: a stamp newer than this script and the requirements means nothing to do.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SCRIPT")/../.."
 ROOT="$PWD"
 PYTHON="${PYTHON:-python3}"
 VENV="$ROOT/.venv-infra"
@@ -16,7 +17,7 @@ STAMP="$VENV/.installed"
 CLOUD_INIT_DIR="$VENV/cloud-init"
 CLOUD_INIT_PKG="$CLOUD_INIT_DIR/usr/lib/python3/dist-packages"
 
-if [[ -f "$STAMP" && "$STAMP" -nt "$REQUIREMENTS" && "$STAMP" -nt "$0" \
+if [[ -f "$STAMP" && "$STAMP" -nt "$REQUIREMENTS" && "$STAMP" -nt "$SCRIPT" \
       && -x "$VENV/bin/checkov" && -x "$VENV/bin/cloud-init" ]]; then
     echo "infra tools: up to date ($VENV)"
     exit 0
