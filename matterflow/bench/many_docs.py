@@ -85,7 +85,7 @@ def run(docs: int = 50, pages: int = 20, latency: dict | None = None, words_per_
         "errors": sorted({r.error for r in runs if r.error})[:5],
         "pages_per_s": round(throughput, 3),
         "capacity_pages_per_s": round(capacity, 3),
-        "ratio_to_capacity": round(throughput / capacity, 3) if capacity else None,
+        "ratio_to_capacity": float(f"{throughput / capacity:.4g}") if capacity else None,
         "ideal_s": round(ideal_s, 2),
         "ratio_to_ideal": round(wall / ideal_s, 3) if ideal_s else None,
         "llm_calls": calls,
