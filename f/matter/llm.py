@@ -167,8 +167,9 @@ class Failure:
         return self.kind in RETRYABLE
 
 
-def classify(exc: BaseException) -> Failure:
-    """Map an openai / httpx exception to a Failure. Details never include request headers (the key)."""
+def classify(exc: BaseException, secrets: Sequence[str] = ()) -> Failure:
+    """Map an openai / httpx exception to a Failure. Details never include request headers (the key), and any of
+    `secrets` that the server quotes back in its error text (some 401s quote the key they were sent) is masked."""
     if isinstance(exc, _EmptyAnswer):
         return Failure(FailureKind.INVALID_OUTPUT, str(exc))
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException | asyncio.TimeoutError):
@@ -178,6 +179,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         text = _error_text(exc)
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "[redacted]")
         detail = f"HTTP {status}: {_short(text)}"
         retry_after = retry_after_seconds(exc.response.headers)
         if status == 429:
@@ -411,6 +415,8 @@ class EndpointPool:
         self._rng = random.Random(seed)
         self._replicas: list[_Replica] = []
         self._closed = False
+        # Every key of the pool: a proxy in front of several replicas may quote any of them
+        self._secrets = sorted({e.api_key.get_secret_value() for e in self.endpoints} - {""}, key=len, reverse=True)
 
     async def __aenter__(self) -> Self:
         if self._closed:
@@ -493,7 +499,7 @@ class EndpointPool:
                         raise _EmptyAnswer("the answer has no choices")
             except (TimeoutError, openai.APIError, httpx.HTTPError, httpx2.HTTPError, _EmptyAnswer) as exc:
                 try:
-                    failure = classify(exc)
+                    failure = classify(exc, self._secrets)
                 except BaseException:  # not a failure we know: let it surface, but free a half-open probe first
                     replica.breaker.release()
                     raise
