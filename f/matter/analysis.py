@@ -20,6 +20,9 @@ from .models import PROMPT_VERSION, SCHEMA_VERSION, Page, Window
 from .windows import DEFAULT_OUTPUT_TOKENS, DEFAULT_PROMPT_TOKENS
 
 MAX_ANSWER_TOKENS = DEFAULT_OUTPUT_TOKENS  # the planner reserved this much of the context for the answer
+# A model asked for MAX_ANSWER_TOKENS cannot write more than this (16 characters a token is far above any
+# tokenizer's average); a longer answer comes from a server that ignores max_tokens and is refused unparsed.
+MAX_ANSWER_CHARS = MAX_ANSWER_TOKENS * 16
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -122,6 +125,8 @@ def parse_answer(text: str, finish_reason: str | None) -> tuple[WindowAnalysis |
     """(analysis, None) or (None, why it is not acceptable)."""
     if finish_reason == "length":
         return None, "the answer was cut off (finish_reason=length)"
+    if len(text) > MAX_ANSWER_CHARS:
+        return None, f"the answer is {len(text):,} characters, more than {MAX_ANSWER_TOKENS} tokens can hold"
     try:
         return WindowAnalysis.model_validate_json(_strip_fences(text)), None
     except ValidationError as exc:
