@@ -217,10 +217,11 @@ def _flow_path_of(flow_file: Path) -> str | None:
 @cli.command()
 @click.option("--pages", type=click.IntRange(1, 5000), default=None, help="Generate a document of N pages instead of the bundled 60-page sample.")
 @click.option("--fault-rate", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Share of simulated LLM requests that fail (429, 5xx, resets, bad JSON).")
+@click.option("--window-pages", type=click.IntRange(1, 200), default=None, help="Pages each LLM window owns [default: the flow's].")
 @click.option("--llm-pool", "llm_pool", envvar="MATTERFLOW_LLM_POOL", default=None, help="Real endpoints: llm_pool JSON or @file (env MATTERFLOW_LLM_POOL). Default: three simulators.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Where to copy result.json and report.html [default: out/].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (with the paths and the simulators' call counts).")
-def demo(pages: int | None, fault_rate: float, llm_pool: str | None, out: Path | None, as_json: bool) -> None:
+def demo(pages: int | None, fault_rate: float, window_pages: int | None, llm_pool: str | None, out: Path | None, as_json: bool) -> None:
     """Run the pipeline on embedded defaults: Azurite, three simulated Llama 3 70B endpoints, the sample matter.
 
     Needs only `make setup`. Starts Azurite (in memory) and the simulators on free loopback ports, runs
@@ -242,7 +243,8 @@ def demo(pages: int | None, fault_rate: float, llm_pool: str | None, out: Path |
             pool = load_pool(llm_pool)
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read the llm_pool: {exc}", where="--llm-pool") from None
-    options = DemoOptions(pages=pages, fault_rate=fault_rate, llm_pool=pool, out=out or OUT)
+    extra = {"window_pages": window_pages} if window_pages else {}
+    options = DemoOptions(pages=pages, fault_rate=fault_rate, llm_pool=pool, out=out or OUT, flow_input=extra)
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     display = display_for(sys.stderr if as_json else sys.stdout)
     with display:

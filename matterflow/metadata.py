@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
+import json
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ from matterflow.windmill_parser import parse_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 _ARG_LINE = re.compile(r"^\s{4,}(\w+):\s*(.*)$")
+# Scripts that run on a dedicated worker group (infra/compose and infra/helm give the `llm` group this tag), so the
+# fan-out scales by adding replicas of that group alone.
+WORKER_TAGS = {"f/matter/llm_fanout": "llm"}
+RESULT_SCHEMA_FILE = Path("docs") / "result.schema.json"
 
 
 def generate(root: Path = ROOT) -> dict[Path, str]:
@@ -51,9 +56,21 @@ def generate(root: Path = ROOT) -> dict[Path, str]:
             "kind": "script",
             "schema": schema,
         }
+        if script_path in WORKER_TAGS:
+            metadata["tag"] = WORKER_TAGS[script_path]
         files[path.with_suffix(".script.yaml")] = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True, width=110)
         files[path.with_suffix(".script.lock")] = lock
+    files[root / RESULT_SCHEMA_FILE] = result_schema()
     return files
+
+
+def result_schema() -> str:
+    """The JSON Schema of result.json, from the pydantic model publish writes it with."""
+    from f.matter.merge import RESULT_SCHEMA, DocumentResult
+
+    schema = DocumentResult.model_json_schema(by_alias=True, mode="serialization")
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": RESULT_SCHEMA, **schema}
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def stale(root: Path = ROOT) -> list[Path]:

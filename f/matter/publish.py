@@ -143,6 +143,7 @@ def summary(result: DocumentResult, run: Manifest, *, reused: bool) -> dict:
         "result": run.refs.result,
         "report": run.refs.report,
         "pages": len(result.pages),
+        "windows": len(run.plan.windows),
         "flagged_pages": result.flagged_pages,
         "failed_windows": len(result.failed_windows),
         "cost_usd": usage.cost_usd,
