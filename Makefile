@@ -4,11 +4,12 @@ SHELL := /bin/bash
 
 PYTHON ?= python3
 VENV := .venv
+INFRA_VENV := .venv-infra
 PY := $(VENV)/bin/python
 NODE_BIN := node_modules/.bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup bench chaos demo test test-fast lint wmill-lint metadata lock samples clean
+.PHONY: help setup infra-tools bench chaos demo test test-fast lint wmill-lint metadata lock samples clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +21,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
+
+infra-tools: $(INFRA_VENV)/.installed ## checkov and cloud-init for the infrastructure tests, in their own .venv-infra
+
+$(INFRA_VENV)/.installed: infra/tools/requirements.txt infra/tools/setup.sh
+	bash infra/tools/setup.sh
 
 node_modules/.installed: package.json package-lock.json
 	@command -v npm >/dev/null || { echo "matterflow needs Node.js >= 20 with npm"; exit 1; }
@@ -33,7 +39,7 @@ bench: setup ## run every benchmark side by side and rewrite bench/RESULTS.md (s
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(VENV)/bin/matterflow bench all --out bench
 
-test: setup ## run every test (starts and stops Azurite itself) and Windmill's own lint
+test: setup infra-tools ## run every test (starts and stops Azurite itself) and Windmill's own lint
 	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint
 
@@ -62,4 +68,4 @@ samples: setup ## regenerate the bundled sample matter in samples/
 	$(VENV)/bin/matterflow samples
 
 clean: ## remove the installed environments
-	rm -rf $(VENV) node_modules .pytest_cache .hypothesis
+	rm -rf $(VENV) $(INFRA_VENV) node_modules .pytest_cache .hypothesis
