@@ -86,6 +86,16 @@ def test_a_failing_step_runs_the_failure_module_and_the_flow_fails(storage: dict
     with pytest.raises(FlowFailed, match=r"step ingest failed: OcrFormatError: .*page 1, word 1 \('x'\) has confidence 7"):
         runner.run({"blob_path": source, "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"})
 
+    async def stored() -> tuple[list[str], dict]:
+        async with BlobStore.from_resource(storage) as store:
+            names = await store.list_paths("results/matters/M-78/")
+            return names, await store.read_json("results/matters/M-78/documents/broken.ocr/status.json")
+
+    names, status = asyncio.run(stored())
+    assert names == ["results/matters/M-78/documents/broken.ocr/status.json"], "a status record and no result"
+    assert status["status"] == "failed" and status["error"]["step"] == "ingest" and status["error"]["name"] == "OcrFormatError"
+    assert "has confidence 7" in status["error"]["message"]
+
     async def status():
         async with BlobStore.from_resource(storage) as store:
             return await store.read_json("results/matters/M-78/documents/broken.ocr/status.json")
