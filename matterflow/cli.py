@@ -178,13 +178,16 @@ def _csv(text: str) -> list[str]:
     help="Folder of resources: DIR/f/matter/storage.json is `$res:f/matter/storage`.",
 )
 def run_flow(flow_path: Path, flow_input: str, resources: Path | None) -> None:
-    """Run a Windmill flow.yaml locally, with Windmill's semantics, each step in its own process.
+    """Run a Windmill flow.yaml (or one workspace script, e.g. f/matter/sweep.py) locally, with Windmill's
+    semantics: each step in its own process, Windmill's API served on loopback for the `wmill` client.
 
     \b
     Examples:
       matterflow run f/matter/process_document__flow/flow.yaml --resources resources \\
         --input '{"blob_path": "matters/M-1042/documents/lease.ocr.json",
                   "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"}'
+      matterflow run f/matter/sweep.py --resources resources \\
+        --input '{"storage": "$res:f/matter/storage", "prefix": "matters/", "dry_run": true}'
     """
     from .progress import display_for
     from .runner import Runner
@@ -199,7 +202,15 @@ def run_flow(flow_path: Path, flow_input: str, resources: Path | None) -> None:
         for path in sorted(resources.rglob("*.json")):
             found[str(path.relative_to(resources).with_suffix(""))] = json.loads(path.read_text())
     display = display_for(sys.stderr, progress_of=lambda job_id: runner.progress(job_id))
-    runner = Runner.from_file(flow_path, resources=found, events=display, path=_flow_path_of(flow_path))
+    if flow_path.suffix == ".py":
+        from .azurite import PROJECT_ROOT
+
+        if not flow_path.resolve().is_relative_to(PROJECT_ROOT):
+            raise InputError(f"{flow_path} is not a script of this workspace ({PROJECT_ROOT})", where="FLOW_PATH")
+        script = str(flow_path.resolve().relative_to(PROJECT_ROOT).with_suffix(""))
+        runner = Runner.for_script(script, list(values), resources=found, events=display)
+    else:
+        runner = Runner.from_file(flow_path, resources=found, events=display, path=_flow_path_of(flow_path))
     with display:
         result = runner.run(values)
     click.echo(json.dumps(result, indent=2, default=str))

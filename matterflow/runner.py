@@ -25,6 +25,7 @@ silently runs differently here than on Windmill.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -155,7 +156,6 @@ class Runner:
         self.path = path
         self.max_result_bytes = max_result_bytes
         self.step_runs: list[StepRun] = []
-        self._js_lock = threading.Lock()
         self._flow_job = ""
         self._active_api: WindmillApi | None = None
         self._started_flows: list[threading.Thread] = []
@@ -164,6 +164,14 @@ class Runner:
     @classmethod
     def from_file(cls, flow_file: Path, **kwargs: Any) -> Runner:
         return cls(yaml.safe_load(flow_file.read_text()), **kwargs)
+
+    @classmethod
+    def for_script(cls, script_path: str, argument_names: list[str], **kwargs: Any) -> Runner:
+        """A workspace script (`f/matter/sweep`) run the way a schedule or the Run button starts it: one step whose
+        arguments are the inputs."""
+        transforms = {name: {"type": "javascript", "expr": f"flow_input[{json.dumps(name)}]"} for name in argument_names}
+        step = {"id": script_path.rsplit("/", 1)[-1], "value": {"type": "script", "path": script_path, "input_transforms": transforms}}
+        return cls({"summary": script_path, "value": {"modules": [step]}}, path=script_path, **kwargs)
 
     def progress(self, job_id: str) -> int | None:
         """The last percent a running step reported with `wmill.set_progress` (for displays)."""
@@ -224,20 +232,19 @@ class Runner:
 
     def _run(self, flow_input: Mapping[str, Any]) -> Any:
         scope = _Scope(self._resolve(self._with_defaults(flow_input)))
-        with MiniRacer() as self._js:
-            try:
-                return self._sequence(self.flow["value"]["modules"], scope, None, top_level=True)
-            except _StopFlow as stop:
-                return stop.result
-            except FlowFailed as failure:
-                handler = self.flow["value"].get("failure_module")
-                if handler:
-                    self.events.message(f"running failure module {handler['id']}")
-                    try:
-                        self._module(handler, scope, failure.as_result())
-                    except FlowFailed as handler_failure:
-                        self.events.message(f"the failure module failed too: {handler_failure}")
-                raise
+        try:
+            return self._sequence(self.flow["value"]["modules"], scope, None, top_level=True)
+        except _StopFlow as stop:
+            return stop.result
+        except FlowFailed as failure:
+            handler = self.flow["value"].get("failure_module")
+            if handler:
+                self.events.message(f"running failure module {handler['id']}")
+                try:
+                    self._module(handler, scope, failure.as_result())
+                except FlowFailed as handler_failure:
+                    self.events.message(f"the failure module failed too: {handler_failure}")
+            raise
 
     # modules ---------------------------------------------------------------------------------------------------
 
@@ -440,11 +447,10 @@ class Runner:
             + ", ".join(json.dumps(v, default=str) for v in names.values())
             + ")"
         )
-        with self._js_lock:
-            try:
-                return json.loads(self._js.eval(program))
-            except Exception as exc:
-                raise InputError(f"cannot evaluate {expression!r}: {exc}", where="flow.yaml") from None
+        try:
+            return json.loads(_javascript(program))
+        except Exception as exc:
+            raise InputError(f"cannot evaluate {expression!r}: {exc}", where="flow.yaml") from None
 
     def _with_defaults(self, flow_input: Mapping[str, Any]) -> dict:
         schema = self.flow.get("schema") or {}
@@ -473,6 +479,21 @@ class Runner:
         if isinstance(value, list):
             return [self._resolve(v) for v in value]
         return value
+
+
+_V8_LOCK = threading.Lock()
+_V8: list[MiniRacer] = []
+
+
+def _javascript(program: str) -> str:
+    """Evaluate in the process's one V8 isolate. mini-racer crashes when isolates are created or closed on several
+    threads at once (parallel branches, many runners in threads), so there is one, used under a lock, closed at
+    exit (an open isolate would keep the interpreter from exiting)."""
+    with _V8_LOCK:
+        if not _V8:
+            _V8.append(MiniRacer())
+            atexit.register(_V8[0].close)
+        return _V8[0].eval(program)
 
 
 def _retry_delays(retry: Mapping[str, Any]) -> list[float]:

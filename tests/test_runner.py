@@ -104,3 +104,29 @@ def test_a_failing_step_runs_the_failure_module_and_the_flow_fails(storage: dict
     assert record["status"] == "failed" and record["error"]["step"] == "ingest"
     assert record["error"]["name"] == "OcrFormatError"
     assert record["inputs"]["storage"]["accessKey"] == "[redacted]"
+
+
+def test_the_sweep_run_like_a_schedule_starts_the_flow_for_each_new_document(storage: dict, llm_pool: dict, simulators: list) -> None:
+    """sweep.py calls wmill.run_flow_async; under the runner that starts process_document for real."""
+    from matterflow.synth import synthetic_layout_bytes
+
+    documents = [f"matters/M-90/documents/exhibit-{i}.ocr.json" for i in (1, 2)]
+
+    async def put() -> None:
+        async with BlobStore.from_resource(storage) as store:
+            for seed, path in enumerate(documents):
+                await store.write_bytes(path, synthetic_layout_bytes(3, words_per_page=80, seed=seed))
+
+    async def results() -> list[str]:
+        async with BlobStore.from_resource(storage) as store:
+            return sorted(p for p in await store.list_paths("results/matters/M-90/") if p.endswith("/result.json"))
+
+    asyncio.run(put())
+    resources = {"f/matter/storage": storage, "f/matter/llm_pool": llm_pool}
+    sweep_input = {"storage": "$res:f/matter/storage", "prefix": "matters/M-90/", "limit": 5}
+    first = Runner.for_script("f/matter/sweep", list(sweep_input), resources=resources).run(sweep_input)
+    assert sorted(s["blob_path"] for s in first["started"]) == documents
+    found = asyncio.run(results())
+    assert [p.split("/")[4] for p in found] == ["exhibit-1.ocr", "exhibit-2.ocr"], "each started flow ran to its result"
+    second = Runner.for_script("f/matter/sweep", list(sweep_input), resources=resources).run(sweep_input)
+    assert second["started"] == []

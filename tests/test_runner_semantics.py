@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -416,3 +418,26 @@ def test_a_flow_started_with_run_flow_async_runs_and_run_waits_for_it(tmp_path: 
     assert json.loads(out.read_text()) == "started", "the child flow ran before run() returned"
     assert [r.step_id for r in runner.step_runs] == ["start"]
     assert len(job_id) == 36
+
+
+def test_many_runners_on_many_threads_share_one_javascript_engine_safely() -> None:
+    """mini-racer segfaults when isolates are made on several threads at once; runners in threads must not."""
+    program = """
+import threading
+from matterflow.runner import Runner
+flow = {"summary": "t", "value": {"modules": [
+    {"id": f"s{i}", "skip_if": {"expr": "flow_input.n * 2 > 1000"}, "value": {"type": "identity"}} for i in range(40)]}}
+failures = []
+def go(n):
+    try:
+        Runner(flow).run({"n": n})
+    except Exception as exc:
+        failures.append(exc)
+threads = [threading.Thread(target=go, args=(n,)) for n in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print("failures", len(failures))
+"""
+    completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "failures 0"
