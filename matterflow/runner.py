@@ -466,7 +466,7 @@ class Runner:
             path = value[len("$res:") :]
             if path not in self.resources:
                 raise InputError(f"no resource {path!r}; known: {sorted(self.resources)}", where="resources")
-            return self.resources[path]
+            return self._resolve(self.resources[path])  # `$var:` inside a resource, as get_value_interpolated does
         if isinstance(value, str) and value.startswith("$var:"):
             if value[len("$var:") :] in self.variables:
                 return self.variables[value[len("$var:") :]]
