@@ -76,7 +76,9 @@ def test_a_prompt_too_long_for_the_context_splits_the_window(simulators: list) -
     window = Window(index=1, first=1, last=4, owned_first=1, owned_last=4, pages=4, estimated_tokens=1000)
     pages = [page(n, " ".join(["Tenant shall pay rent of $2,500.00 to Northwind Holdings LLC."] * 25)) for n in range(1, 5)]
     whole = sum(len(m["content"]) for m in build_messages(window, pages, {})) // 4
-    sim.configure(context_tokens=whole + 2048 - 200)  # the whole window does not fit; two pages do
+    # The whole window does not fit; two pages do. Each answer takes 300 ms, so halves asked one after the other
+    # would never be in the simulator at the same time.
+    sim.configure(context_tokens=whole + 2048 - 200, latency_ms=300.0)
 
     async def go():
         async with EndpointPool([Endpoint.model_validate(sim.endpoint())], policy=RetryPolicy(base_delay_s=0.01)) as pool:
@@ -87,6 +89,7 @@ def test_a_prompt_too_long_for_the_context_splits_the_window(simulators: list) -
     assert [s.page for s in result.analysis.pages] == [1, 2, 3, 4]
     assert result.usage.failed_calls == 1 and result.usage.calls == 3
     assert sim.stats()["status"]["400"] == 1
+    assert sim.stats()["max_active"] == 2, "the two halves are asked at the same time"
 
 
 def test_a_one_page_window_whose_context_does_not_fit_is_asked_about_its_page_alone(simulators: list) -> None:

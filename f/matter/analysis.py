@@ -9,6 +9,7 @@ window is recorded as failed with the reason. A prompt too long for an endpoint 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .llm import CallRecord, ContextLengthExceeded, EndpointCallFailed, EndpointPool
 from .models import PROMPT_VERSION, SCHEMA_VERSION, Page, Window
-from .windows import DEFAULT_OUTPUT_TOKENS, DEFAULT_PROMPT_TOKENS
+from .windows import DEFAULT_OUTPUT_TOKENS, DEFAULT_PROMPT_TOKENS, estimate_tokens
 
 MAX_ANSWER_TOKENS = DEFAULT_OUTPUT_TOKENS  # the planner reserved this much of the context for the answer
 # A model asked for MAX_ANSWER_TOKENS cannot write more than this (16 characters a token is far above any
@@ -316,15 +317,25 @@ async def _complete(pool, messages, prefer, window, records):
 
 
 async def _ask_in_halves(pool, window, pages, prefer, low_confidence, records, state) -> WindowAnalysis:
+    """Both halves at once, each with its own token estimate (the tpm bucket charges what is really sent)."""
     numbers = owned_pages(window, pages)
     middle = numbers[(len(numbers) - 1) // 2]
-    halves = []
+    questions = []
     for first, last in ((numbers[0], middle), (numbers[numbers.index(middle) + 1], numbers[-1])):
         sub_pages = [p for p in pages if first <= p.number <= last]
         sub = window.model_copy(
-            update={"first": first, "last": last, "owned_first": first, "owned_last": last, "pages": len(sub_pages)}
+            update={
+                "first": first, "last": last, "owned_first": first, "owned_last": last, "pages": len(sub_pages),
+                "estimated_tokens": sum(estimate_tokens(p.text) for p in sub_pages),
+            }
         )
-        halves.append(await _ask(pool, sub, sub_pages, prefer, low_confidence, records, state))
+        questions.append((sub, sub_pages))
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_ask(pool, sub, sub_pages, prefer, low_confidence, records, state)) for sub, sub_pages in questions]
+    except* _WindowFailed as failed:  # one half failing fails the window; the other half was cancelled
+        raise failed.exceptions[0] from None
+    halves = [task.result() for task in tasks]
     return WindowAnalysis(
         pages=[s for half in halves for s in half.pages],
         entities=[e for half in halves for e in half.entities],
