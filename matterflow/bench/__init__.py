@@ -15,20 +15,16 @@ Scenario modules expose `run(...) -> dict` (the JSON report), `table(report) -> 
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from . import blob, cost, e2e, fanout, many_docs, parse
 from .common import dumps, goals_md, utc_now
-from .fanout import throttled
-
-# Kept importable from here for callers of the former single-module `matterflow.bench`.
-table = fanout.table
-run_fanout = fanout.fanout
 
 __all__ = ["SCENARIOS", "dumps", "run_all", "run_fanout", "table", "throttled", "write_results_md"]
 
@@ -36,20 +32,35 @@ __all__ = ["SCENARIOS", "dumps", "run_all", "run_fanout", "table", "throttled", 
 @dataclass(frozen=True)
 class Scenario:
     command: str
-    run: Callable[[], dict]
-    module: ModuleType
+    module_name: str  # imported when needed: a spawned worker importing this package stays light
+    call: Callable[[ModuleType], dict]
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.module_name}")
+
+    def run(self) -> dict:
+        return self.call(self.module)
 
 
 SCENARIOS: dict[str, Scenario] = {
-    "fanout-2s": Scenario("matterflow bench fanout --windows 1000 --latency-ms 2000", lambda: fanout.fanout(1000, 2000.0), fanout),
-    "fanout-200ms": Scenario("matterflow bench fanout --windows 1000 --latency-ms 200", lambda: fanout.fanout(1000, 200.0), fanout),
-    "fanout-throttled": Scenario("matterflow bench fanout --throttled --windows 300 --rpm 600", lambda: fanout.throttled(300, 600), fanout),
-    "parse": Scenario("matterflow bench parse --pages 100,500,2000,5000", lambda: parse.run([100, 500, 2000, 5000]), parse),
-    "blob": Scenario("matterflow bench blob --mb 50 --rounds 5", lambda: blob.run(50, 5), blob),
-    "e2e": Scenario("matterflow bench e2e --pages 10,100,500", lambda: e2e.run([10, 100, 500]), e2e),
-    "cost": Scenario("matterflow bench cost --pages 200", lambda: cost.run(200), cost),
-    "many-docs": Scenario("matterflow bench many-docs --docs 50 --pages 20 --workers 10", lambda: many_docs.run(50, 20, workers=10), many_docs),
+    "fanout-2s": Scenario("matterflow bench fanout --windows 1000 --latency-ms 2000", "fanout", lambda m: m.fanout(1000, 2000.0)),
+    "fanout-200ms": Scenario("matterflow bench fanout --windows 1000 --latency-ms 200", "fanout", lambda m: m.fanout(1000, 200.0)),
+    "fanout-throttled": Scenario("matterflow bench fanout --throttled --windows 300 --rpm 600", "fanout", lambda m: m.throttled(300, 600)),
+    "parse": Scenario("matterflow bench parse --pages 100,500,2000,5000", "parse", lambda m: m.run([100, 500, 2000, 5000])),
+    "blob": Scenario("matterflow bench blob --mb 50 --rounds 5", "blob", lambda m: m.run(50, 5)),
+    "e2e": Scenario("matterflow bench e2e --pages 10,100,500", "e2e", lambda m: m.run([10, 100, 500])),
+    "cost": Scenario("matterflow bench cost --pages 200", "cost", lambda m: m.run(200)),
+    "many-docs": Scenario("matterflow bench many-docs --docs 50 --pages 20 --workers 10", "many_docs", lambda m: m.run(50, 20, workers=10)),
 }
+
+
+def __getattr__(name: str) -> Any:
+    """Kept importable from here for callers of the former single-module `matterflow.bench`."""
+    aliases = {"table": "table", "run_fanout": "fanout", "throttled": "throttled"}
+    if name in aliases:
+        return getattr(importlib.import_module(f"{__name__}.fanout"), aliases[name])
+    raise AttributeError(name)
 
 
 def run_all(out_dir: Path, only: list[str] | None = None, echo: Callable[[str], None] = print) -> Path:

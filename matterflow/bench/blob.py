@@ -209,14 +209,17 @@ def plot(report: dict, path: Path) -> None:
     x = [0, 1]
     left.bar([i - 0.2 for i in x], [report["upload_mib_s"], report["download_mib_s"]], 0.4, label="matterflow BlobStore", color="#1f77b4")
     left.bar([i + 0.2 for i in x], [report["sdk_upload_mib_s"], report["sdk_download_mib_s"]], 0.4, label="raw SDK, best configuration", color="#999999")
+    top = max(report["upload_mib_s"], report["download_mib_s"], report["sdk_upload_mib_s"], report["sdk_download_mib_s"])
     for i, ratio in zip(x, (report["upload_ratio"], report["download_ratio"]), strict=True):
-        left.text(i, max(report["upload_mib_s"], report["download_mib_s"], report["sdk_upload_mib_s"], report["sdk_download_mib_s"]) * 1.02, f"{ratio:.2f}x", ha="center")
+        left.text(i, top * 1.04, f"{ratio:.2f}x", ha="center", fontweight="bold")
+    left.set_ylim(0, top * 1.45)
     left.set_xticks(x, ["upload", "download"])
     left.set_ylabel("MiB/s (median)")
-    left.legend(fontsize=8, loc="lower center")
+    left.legend(fontsize=8, loc="upper right")
     left.set_title(f"{report['settings']['mb']} MiB through one Azurite")
     sweep = [(f"up: {k}", v) for k, v in report["sweep_mib_s"]["upload"].items()] + [(f"down: {k}", v) for k, v in report["sweep_mib_s"]["download"].items()]
-    right.barh([k for k, _ in sweep], [v for _, v in sweep], color=["#ff7f0e" if k.startswith("up") else "#2ca02c" for k, _ in sweep])
+    colors = ["#1f77b4" if k.endswith("matterflow") else "#ff7f0e" if k.startswith("up") else "#2ca02c" for k, _ in sweep]
+    right.barh([k for k, _ in sweep], [v for _, v in sweep], color=colors)
     right.invert_yaxis()
     right.tick_params(axis="y", labelsize=7)
     right.set_xlabel("MiB/s (median)")

@@ -1,9 +1,9 @@
 """Running flow.yaml with the local runner for the e2e and many-docs scenarios, and splitting its wall time.
 
-The runner records no per-step timings of its own; what it exposes is its `echo` lines (`<step>: done in X s`,
-`analyse: 4 branches in parallel`), which are stamped here as they arrive, and each step's process, where the
-benchmark's `steptimer/sitecustomize.py` (put on PYTHONPATH for the runs) stamps when the interpreter started and
-when `main()` started and ended. Together they split one flow run's wall time into:
+The runner records when each step's process started and ended (`Runner.step_runs`; with older runners, its echo
+lines `<step>: done in X s`, stamped here as they arrive); inside each step's process the benchmark's
+`steptimer/sitecustomize.py` (put on PYTHONPATH for the runs) stamps when the interpreter started and when
+`main()` started and ended, which the runner does not record. Together they split one flow run's wall time into:
 
 - `ingest_s`, `fanout_s`, `publish_s`: the steps' own `main()` time on the critical path (for the fan-out, the
   slowest shard; the confidence branch runs beside it);
@@ -44,6 +44,7 @@ class FlowRun:
     started: float = 0.0
     ended: float = 0.0
     events: list[tuple[float, str]] = field(default_factory=list)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # step id -> (start, end) of its process
     result: dict | None = None
     error: str | None = None
 
@@ -78,23 +79,29 @@ def run_flow(resources: dict, blob_path: str, *, force: bool = True) -> FlowRun:
     run = FlowRun(source=blob_path)
     runner = Runner.from_file(FLOW, resources=resources, echo=run.echo)
     run.started = time.time()
+    offset = run.started - time.monotonic()  # the runner's step timings are monotonic; the step stamps are not
     try:
         run.result = runner.run({"blob_path": blob_path, "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool", "force": force})
     except Exception as exc:  # recorded in the report, not raised: one failed document must not hide the others
         run.error = f"{type(exc).__name__}: {exc}"
     run.ended = time.time()
+    for step in getattr(runner, "step_runs", []):  # the last attempt of each step wins
+        run.spans[step.step_id] = (step.started + offset, step.ended + offset)
     return run
 
 
 def breakdown(run: FlowRun, steps: list[dict]) -> dict:
     """Split one flow run's wall time (see the module docstring). Steps are this run's step records."""
-    done: dict[str, tuple[float, float]] = {}
+    done: dict[str, tuple[float, float]] = dict(run.spans)  # (process span start, end) from `Runner.step_runs`
     analyse_start = None
-    for stamp, line in run.events:
-        if match := _DONE.match(line):
-            done[match.group(1)] = (stamp - float(match.group(2)), stamp)  # (process span start, end)
+    for stamp, line in run.events:  # older runners expose only their echo lines: `<step>: done in X s`
+        if (match := _DONE.match(line)) and match.group(1) not in run.spans:
+            done[match.group(1)] = (stamp - float(match.group(2)), stamp)
         elif (match := _BRANCHES.match(line)) and analyse_start is None:
             analyse_start = stamp
+    branch_starts = [start for step, (start, _) in done.items() if step in (*FANOUT_STEPS, "confidence")]
+    if run.spans and branch_starts:
+        analyse_start = min(branch_starts)
     main = {}
     for record in steps:  # the last attempt of each step wins
         main[record["step"]] = record
