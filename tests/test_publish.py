@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -176,3 +177,18 @@ def test_without_confidence_the_pages_are_the_documents_own_numbers() -> None:
     answered = [window_result(1, (1, 2), {"pages": [{"page": 1, "summary": "a"}]}), window_result(2, (3, 10), {"pages": [{"page": 10, "summary": "z"}]})]
     result = merge(manifest, answered, None, page_numbers=[1, 2, 3, 10])
     assert [(p.page, p.summary, p.analysed) for p in result.pages] == [(1, "a", True), (2, None, True), (3, None, True), (10, "z", True)]
+
+
+def test_the_confidence_chart_has_axes_a_bar_per_page_and_marks_pages_without_words() -> None:
+    from f.matter.merge import PageResult
+    from f.matter.report import confidence_chart
+
+    pages = [PageResult(page=n, summary="s", mean_word_confidence=c, flagged_for_review=c is not None and c < 0.8, analysed=True)
+             for n, c in zip(range(1, 31), [0.95] * 6 + [0.5] + [0.9] * 22 + [None], strict=True)]
+    result = DocumentResult.model_construct(pages=pages)
+    svg = confidence_chart(result, 0.8)
+    titles = re.findall(r"<title>page (\d+): ([^<]+)</title>", svg)
+    assert [int(n) for n, _ in titles] == list(range(1, 31))
+    assert dict(titles)["7"] == "0.500" and dict(titles)["30"] == "no words"
+    assert svg.count('fill="#c0392b"') == 1, "one page below the threshold is red"
+    assert ">0.0</text>" in svg and ">1.0</text>" in svg and ">1</text>" in svg and ">30</text>" in svg

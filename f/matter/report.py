@@ -5,6 +5,7 @@ Everything that came from the document or the model is HTML-escaped: OCR text an
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from .merge import DocumentResult
@@ -71,28 +72,42 @@ def render(result: DocumentResult, threshold: float) -> str:
     return "\n".join(parts)
 
 
-def confidence_chart(result: DocumentResult, threshold: float, width: int = 960, height: int = 140) -> str:
-    """Inline SVG: one bar per page, red below the review threshold, a dashed line at the threshold."""
+def confidence_chart(result: DocumentResult, threshold: float, width: int = 960, height: int = 170) -> str:
+    """Inline SVG: one bar per page, red below the review threshold, a dashed line at the threshold, a confidence
+    axis on the left and page numbers below. A page without words gets a grey stub, so it is seen, not missed."""
     pages = result.pages
     if not pages:
         return "<p class=muted>No pages.</p>"
-    bar = width / len(pages)
-    bars = []
+    left, bottom, top = 34, 18, 6
+    plot_w, plot_h = width - left, height - bottom - top
+    bar = plot_w / len(pages)
+
+    def y(value: float) -> float:
+        return top + plot_h * (1 - value)
+
+    parts = []
+    for tick in (0.0, 0.5, 1.0):
+        parts.append(f'<line x1="{left}" x2="{width}" y1="{y(tick):.2f}" y2="{y(tick):.2f}" stroke="#e3e6ea"/>')
+        parts.append(f'<text x="{left - 4}" y="{y(tick) + 4:.2f}" font-size="11" text-anchor="end" fill="#5f6b7a">{tick:.1f}</text>')
     for i, page in enumerate(pages):
-        value = page.mean_word_confidence or 0.0
-        h = value * (height - 20)
-        color = "#c0392b" if page.flagged_for_review else ("#c9ced6" if page.mean_word_confidence is None else "#3b7dd8")
-        bars.append(
-            f'<rect x="{i * bar:.2f}" y="{height - h:.2f}" width="{max(bar - 1, 0.5):.2f}" height="{h:.2f}" fill="{color}">'
-            f"<title>page {page.page}: {'-' if page.mean_word_confidence is None else f'{value:.3f}'}</title></rect>"
+        x = left + i * bar
+        if page.mean_word_confidence is None:
+            value, color, label = 0.03, "#c9ced6", "no words"
+        else:
+            value = page.mean_word_confidence
+            color, label = ("#c0392b" if page.flagged_for_review else "#3b7dd8"), f"{value:.3f}"
+        parts.append(
+            f'<rect x="{x:.2f}" y="{y(value):.2f}" width="{max(bar - 1, 0.5):.2f}" height="{plot_h * value:.2f}" fill="{color}">'
+            f"<title>page {page.page}: {label}</title></rect>"
         )
-    line_y = height - threshold * (height - 20)
-    return (
-        f'<svg role="img" aria-label="OCR confidence per page" viewBox="0 0 {width} {height}" width="100%" height="{height}">'
-        + "".join(bars)
-        + f'<line x1="0" x2="{width}" y1="{line_y:.2f}" y2="{line_y:.2f}" stroke="#a3270f" stroke-dasharray="6 4"/>'
-        + f'<text x="4" y="{line_y - 4:.2f}" font-size="11" fill="#a3270f">review below {threshold:.2f}</text></svg>'
-    )
+    step = max(1, math.ceil(len(pages) / 12))
+    for i in sorted({*range(0, len(pages), step), len(pages) - 1}):
+        x = left + (i + 0.5) * bar
+        parts.append(f'<text x="{x:.2f}" y="{height - 4}" font-size="11" text-anchor="middle" fill="#5f6b7a">{pages[i].page}</text>')
+    line_y = y(threshold)
+    parts.append(f'<line x1="{left}" x2="{width}" y1="{line_y:.2f}" y2="{line_y:.2f}" stroke="#a3270f" stroke-dasharray="6 4"/>')
+    parts.append(f'<text x="{left + 4}" y="{line_y - 4:.2f}" font-size="11" fill="#a3270f" stroke="#fff" stroke-width="3" paint-order="stroke">review below {threshold:.2f}</text>')
+    return f'<svg role="img" aria-label="OCR confidence per page" viewBox="0 0 {width} {height}" width="100%">{"".join(parts)}</svg>'
 
 
 def _card(label: str, value: str) -> str:
