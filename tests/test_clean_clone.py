@@ -13,6 +13,7 @@ GUARD = "MATTERFLOW_INSIDE_CLEAN_CLONE"
 
 
 @pytest.mark.slow
+@pytest.mark.clone
 @pytest.mark.skipif(bool(os.environ.get(GUARD)), reason="this run is the clean clone's own test run")
 def test_a_clean_clone_sets_itself_up_and_passes_its_tests(tmp_path: Path) -> None:
     clone = tmp_path / "main"
@@ -21,7 +22,7 @@ def test_a_clean_clone_sets_itself_up_and_passes_its_tests(tmp_path: Path) -> No
     env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env[GUARD] = "1"
     completed = subprocess.run(
-        ["make", "test", "PYTEST_ARGS=-q -m 'not slow' -p no:cacheprovider"],
+        ["make", "test", "PYTEST_ARGS=-q -m 'not slow and not chaos and not clone' -p no:cacheprovider"],
         cwd=clone,
         env=env,
         capture_output=True,
