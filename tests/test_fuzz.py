@@ -35,7 +35,7 @@ from matterflow.synth import synthetic_layout_result
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT.parent / "shared" / "fixtures").glob("*.json"))
 FAST_EXAMPLES = 300
-CHAOS_EXAMPLES = 6000
+CHAOS_EXAMPLES = 4000
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_coverage_guided_fuzzing_with_atheris(tmp_path: Path) -> None:
     corpus.mkdir()
     for index, seed in enumerate(seeds()):
         (corpus / f"seed-{index}.json").write_bytes(_dumps(seed, index % 2 == 0))
-    seconds = int(os.environ.get("MATTERFLOW_ATHERIS_SECONDS", "30"))
+    seconds = int(os.environ.get("MATTERFLOW_ATHERIS_SECONDS", "20"))
     completed = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("fuzz_ocr_atheris.py")), str(corpus),
          f"-max_total_time={seconds}", "-rss_limit_mb=2048", "-timeout=20", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
