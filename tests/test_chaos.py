@@ -153,10 +153,10 @@ def read_result(storage: dict, summary: dict) -> dict:
 
 
 def slow_pool(simulators: list) -> dict:
-    """One request at a time per endpoint and 400 ms a call: the fan-out takes seconds, so there is time to
+    """One request at a time per endpoint and 300 ms a call: the fan-out takes seconds, so there is time to
     kill it between checkpoints."""
     for sim in simulators:
-        sim.configure(latency_ms=400.0, capacity=4)
+        sim.configure(latency_ms=300.0, capacity=4)
     return {"endpoints": [sim.endpoint(max_concurrency=1, price_per_million_input=0.59, price_per_million_output=0.79) for sim in simulators]}
 
 
@@ -184,6 +184,7 @@ def test_kill_minus_9_at_random_checkpoints_then_rerun_gives_the_same_result_wit
     expected = uninterrupted(tmp_path, other_container(storage, "clean"), pool)
     total = len(expected["pages"]) // WINDOW_PAGES
     points = sorted(random.Random(SEED).sample(range(1, total), KILL_POINTS))
+    killed_at = []
     for point in points:
         target = other_container(storage, f"k{point}")
         upload(target)
@@ -195,6 +196,7 @@ def test_kill_minus_9_at_random_checkpoints_then_rerun_gives_the_same_result_wit
 
         finished = windows_done(checkpoint_names(target))
         assert point <= len(finished) < total, f"killed at {len(finished)} of {total} checkpoints"
+        killed_at.append(len(finished))
         manifest = read_manifest(target)
         owned = {w["index"]: f"{w['owned_first']}-{w['owned_last']}:" for w in manifest["plan"]["windows"]}
         before = answered(simulators)
@@ -214,6 +216,7 @@ def test_kill_minus_9_at_random_checkpoints_then_rerun_gives_the_same_result_wit
         assert sum(s["skipped_checkpointed"] for s in shards) == len(finished)
         assert sum(s["ok"] for s in shards) == total - len(finished)
         assert comparable(read_result(target, summary)) == comparable(expected), f"kill at {point}: the result differs"
+    print(f"\nkill -9 when checkpoint {points} of {total} appeared; checkpoints in blob after the kill: {killed_at}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
