@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ VALUE_KEYS = {
     "forloopflow": {"type", "modules", "iterator", "parallel", "parallelism", "skip_failures"},
 }
 LOG_TAIL_CHARS = 2000
+WORKSPACE_PATH = re.compile(r"[fu]/[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)+")
 
 
 class FlowFailed(MatterflowError):
@@ -145,7 +147,8 @@ class Runner:
         path: str | None = None,
         max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
-        """`api`: the Windmill API the steps talk to; by default each run serves its own on loopback.
+        """One run at a time per Runner (a run owns its job ids and `step_runs`); make one Runner per concurrent run.
+        `api`: the Windmill API the steps talk to; by default each run serves its own on loopback.
         `variables`: Windmill variables by path, for `$var:` and `wmill.get_variable` (else the environment)."""
         self.flow = flow
         self.resources = dict(resources or {})
@@ -204,6 +207,8 @@ class Runner:
 
     def _start_flow(self, path: str, args: dict[str, Any]) -> str:
         """`wmill.run_flow_async(path, args)` from a step: run that workspace flow in the background."""
+        if not WORKSPACE_PATH.fullmatch(path):
+            raise InputError(f"{path!r} is not a workspace path like f/folder/name", where="run_flow_async")
         flow_file = self.root / f"{path}__flow" / "flow.yaml"
         if not flow_file.exists():
             raise InputError(f"no flow {path} in this workspace", where="run_flow_async")

@@ -441,3 +441,10 @@ print("failures", len(failures))
     completed = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "failures 0"
+
+
+def test_run_flow_async_starts_only_flows_named_by_a_workspace_path(tmp_path: Path) -> None:
+    for path in ("f/t/..child", "g/t/child", "f/t/missing"):
+        starts = f"import wmill\n\ndef main():\n    return wmill.run_flow_async({path!r}, {{}})\n"
+        with pytest.raises(FlowFailed, match=f"could not start flow {path}"):
+            run(raw("start", starts), root=tmp_path)
