@@ -397,7 +397,7 @@ def bench_cost(pages: int, as_json: bool) -> None:
 @bench.command("many-docs")
 @click.option("--docs", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--pages", type=click.IntRange(1), default=20, show_default=True, help="Pages per document.")
-@click.option("--workers", type=click.IntRange(1), default=10, show_default=True, help="Runner processes at a time.")
+@click.option("--workers", type=click.IntRange(1), default=25, show_default=True, help="Runner processes at a time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
 def bench_many_docs(docs: int, pages: int, workers: int, as_json: bool) -> None:
     """Many documents through the local runner at once: pages per second vs the simulators' capacity."""

@@ -51,7 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     "blob": Scenario("matterflow bench blob --mb 50 --rounds 5", "blob", lambda m: m.run(50, 5)),
     "e2e": Scenario("matterflow bench e2e --pages 10,100,500", "e2e", lambda m: m.run([10, 100, 500])),
     "cost": Scenario("matterflow bench cost --pages 200", "cost", lambda m: m.run(200)),
-    "many-docs": Scenario("matterflow bench many-docs --docs 50 --pages 20 --workers 10", "many_docs", lambda m: m.run(50, 20, workers=10)),
+    "many-docs": Scenario("matterflow bench many-docs --docs 50 --pages 20 --workers 25", "many_docs", lambda m: m.run(50, 20, workers=25)),
 }
 
 

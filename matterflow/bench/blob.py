@@ -49,8 +49,8 @@ DOWNLOAD_CONFIGS: dict[str, tuple[dict, dict]] = {
     "4 MiB chunks x 4": ({"max_single_get_size": 4 * MiB, "max_chunk_get_size": 4 * MiB}, {"max_concurrency": 4}),
     "4 MiB chunks x 8": ({"max_single_get_size": 4 * MiB, "max_chunk_get_size": 4 * MiB}, {"max_concurrency": 8}),
     "16 MiB chunks x 4": ({"max_single_get_size": 16 * MiB, "max_chunk_get_size": 16 * MiB}, {"max_concurrency": 4}),
-    "32 MiB + 4 MiB chunks x 4 (SDK defaults)": ({}, {"max_concurrency": 4}),
-    "32 MiB + 16 MiB chunks x 4 (proposed for BlobStore)": ({"max_chunk_get_size": 16 * MiB}, {"max_concurrency": 4}),
+    "SDK defaults (32 + 4 MiB chunks) x 4": ({}, {"max_concurrency": 4}),
+    "32 + 16 MiB chunks x 4 (proposed)": ({"max_chunk_get_size": 16 * MiB}, {"max_concurrency": 4}),
 }
 
 
@@ -205,7 +205,7 @@ def plot(report: dict, path: Path) -> None:
     from .common import pyplot
 
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1.5]})
     x = [0, 1]
     left.bar([i - 0.2 for i in x], [report["upload_mib_s"], report["download_mib_s"]], 0.4, label="matterflow BlobStore", color="#1f77b4")
     left.bar([i + 0.2 for i in x], [report["sdk_upload_mib_s"], report["sdk_download_mib_s"]], 0.4, label="raw SDK, best configuration", color="#999999")
@@ -223,7 +223,7 @@ def plot(report: dict, path: Path) -> None:
     right.invert_yaxis()
     right.tick_params(axis="y", labelsize=7)
     right.set_xlabel("MiB/s (median)")
-    right.set_title("every configuration, same rounds (matterflow = BlobStore)")
+    right.set_title("every configuration, same rounds (blue: BlobStore)")
     fig.suptitle("blob: BlobStore vs the raw azure-storage-blob SDK (goal >= 0.9x)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

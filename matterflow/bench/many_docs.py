@@ -1,7 +1,7 @@
 """`matterflow bench many-docs`: many documents through the local runner at once, against the pool's capacity.
 
 `docs` generated documents of `pages` pages each are uploaded to one Azurite; one `Runner` per document runs
-flow.yaml in a pool of `workers` runner processes (10: the step processes of 50 runners at once would need ~18 GB;
+flow.yaml in a pool of `workers` runner processes (25: the step processes of 50 runners at once would need ~18 GB;
 the runner has no forloopflow yet, and threads are not possible, see `flowrun.run_many`), against three simulators with the
 realistic latency model (`common.REALISTIC_LLAMA`). Throughput is pages per second over the whole batch's wall
 time. The simulators' combined capacity, from their latency model, is
@@ -31,8 +31,8 @@ from .common import REALISTIC_LLAMA, md_table, median
 
 PRICES = {"price_per_million_input": 0.59, "price_per_million_output": 0.79}
 # Runner processes at once. Each document's flow starts six step processes of ~90 MB each (four at a time in the
-# branch-all); 50 runners at once would hold ~200 of them (~18 GB) on this shared 24 GB machine. Ten keep ~40.
-WORKERS = 10
+# branch-all); 50 runners at once would hold ~200 of them (~18 GB) on this shared 24 GB machine; 25 hold ~100.
+WORKERS = 25
 
 
 def run(docs: int = 50, pages: int = 20, latency: dict | None = None, words_per_page: int = 350, workers: int = WORKERS) -> dict:
