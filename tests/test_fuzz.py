@@ -236,6 +236,8 @@ def test_the_seeds_themselves_parse() -> None:
         ),
         pytest.param(b'{"analyzeResult":{"pages":[{"pageNumber":1,"unit":"\\udc00","words":[]}]}}', id="lone-surrogate-unit"),
         pytest.param(b'{"analyzeResult":{"pages":[{"pageNumber":1},{"pageNumber":100000000000000000000000000}]}}', id="huge-page-number"),
+        pytest.param(b'"\\ud800"', id="lone-surrogate-top-level-string"),
+        pytest.param(b'{"analyzeResult":{"pages":"\\ud800"}}', id="lone-surrogate-in-a-wrong-type"),
     ],
 )
 def test_found_by_fuzzing(data: bytes) -> None:

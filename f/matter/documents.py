@@ -331,10 +331,14 @@ def _decode_leniently(data: bytes, source: str) -> _Root:
         raise OcrFormatError(
             f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}", where=source
         ) from None
+    if not isinstance(obj, dict):
+        raise OcrFormatError(f"unknown shape: the top level is {_json_kind(data)}, not an Azure OCR result object", where=source)
     try:
         return msgspec.convert(obj, _Root)
     except msgspec.ValidationError as exc:
         raise _shape_error(data, exc, source) from None
+    except UnicodeEncodeError:  # msgspec cannot encode a lone surrogate escape (\ud800) even in its error message
+        raise OcrFormatError("the JSON holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff) outside page text", where=source) from None
 
 
 def _shape_error(data: bytes, exc: msgspec.ValidationError, source: str) -> OcrFormatError:
