@@ -253,7 +253,12 @@ def test_utf16_offsets_stay_right_around_an_unpaired_surrogate() -> None:
     assert parse_ocr(data).pages[0].text == "ab cd"
 
 
-@settings(max_examples=FAST_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# CI replays the same inputs every run (a red build must mean a change broke something, not that the fuzzer got
+# lucky); MATTERFLOW_FUZZ_RANDOM=1 explores new ones, and a failure found that way becomes a test_found_by_fuzzing case.
+EXPLORE = bool(os.environ.get("MATTERFLOW_FUZZ_RANDOM"))
+
+
+@settings(max_examples=FAST_EXAMPLES, deadline=None, derandomize=not EXPLORE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(corrupt_bytes())
 def test_corrupted_ocr_json_raises_only_typed_errors(data: bytes) -> None:
     check_one(data)
@@ -261,7 +266,7 @@ def test_corrupted_ocr_json_raises_only_typed_errors(data: bytes) -> None:
 
 @pytest.mark.chaos
 @pytest.mark.slow
-@settings(max_examples=CHAOS_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=CHAOS_EXAMPLES, deadline=None, derandomize=not EXPLORE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(corrupt_bytes())
 def test_corrupted_ocr_json_raises_only_typed_errors_long(data: bytes) -> None:
     check_one(data)
@@ -277,10 +282,10 @@ def test_coverage_guided_fuzzing_with_atheris(tmp_path: Path) -> None:
     corpus.mkdir()
     for index, seed in enumerate(seeds()):
         (corpus / f"seed-{index}.json").write_bytes(_dumps(seed, index % 2 == 0))
-    seconds = int(os.environ.get("MATTERFLOW_ATHERIS_SECONDS", "20"))
+    seconds = int(os.environ.get("MATTERFLOW_ATHERIS_SECONDS", "60" if not EXPLORE else "20"))
     completed = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("fuzz_ocr_atheris.py")), str(corpus),
-         f"-max_total_time={seconds}", "-rss_limit_mb=2048", "-timeout=20", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
+         f"-max_total_time={seconds}", *([] if EXPLORE else ["-seed=1", "-runs=150000"]), "-rss_limit_mb=2048", "-timeout=20", f"-artifact_prefix={tmp_path}/", "-print_final_stats=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=False,
     )
     report = completed.stderr[-4000:]
