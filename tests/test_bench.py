@@ -134,6 +134,13 @@ def test_breakdown_from_runner_echo_and_step_stamps() -> None:
     assert split["fanout_s"] == 10.0 and split["ingest_s"] == 0.5 and split["publish_s"] == 1.5
     assert split["ingest_s"] + split["fanout_s"] + split["publish_s"] + split["runner_overhead_s"] == pytest.approx(20.0)
     assert split["runner_s"] == pytest.approx(20.0 - 2.0 - (116.0 - 103.1) - 3.0)
+    # the same run as the runner's `step_runs` report it (process spans), without echo lines
+    spanned = flowrun.FlowRun(source="d.json", started=100.0, ended=120.0)
+    spanned.spans = {"ingest": (101.0, 103.0), "confidence": (103.5, 105.0), "publish": (116.5, 119.5)}
+    spanned.spans |= {f"shard_{i}": (103.2, 114.0 + i) for i in range(3)}
+    split = flowrun.breakdown(spanned, steps)
+    assert split["fanout_s"] == 10.0
+    assert split["runner_s"] == pytest.approx(20.0 - 2.0 - (116.0 - 103.2) - 3.0)
     assert flowrun.breakdown(flowrun.FlowRun(source="x", error="boom"), [])["error"] == "boom"
 
 
