@@ -252,7 +252,9 @@ def plot(report: dict, path: Path) -> None:
     names = [m["name"] for m in report["measurements"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = ["#1f77b4" if n.startswith("matterflow") else "#999999" for n in names]
-    left.barh(names, [m["ratio_to_ideal"] for m in report["measurements"]], color=colors)
+    bars = left.barh(names, [m["ratio_to_ideal"] for m in report["measurements"]], color=colors)
+    left.bar_label(bars, labels=[f"{m['ok']} / {m['requests']} ok" for m in report["measurements"]], fontsize=8, padding=2)
+    left.set_xlim(0, max(m["ratio_to_ideal"] for m in report["measurements"]) * 1.35)
     left.axvline(1.0, color="black", lw=0.8, ls="--")
     left.set_xlabel(f"wall time / ideal ({report['settings']['ideal_s']:.1f} s)")
     left.invert_yaxis()
