@@ -28,7 +28,7 @@ PROMPT_VERSION = 1
 # Normalized document (msgspec: bulk data)
 
 
-class Word(msgspec.Struct, frozen=True, array_like=True):
+class Word(msgspec.Struct, frozen=True, array_like=True, gc=False):  # a str and a float: no cycles, so untracked
     """One OCR word. Encoded as `[content, confidence]` to keep document.json small."""
 
     content: str

@@ -58,6 +58,7 @@ COMPLETE_METADATA_KEY = "matterflow_complete"
 # half-written blob.
 DEFAULT_SINGLE_PUT_BYTES = 1024 * 1024
 DEFAULT_BLOCK_BYTES = 8 * 1024 * 1024
+DEFAULT_CHUNK_GET_BYTES = 16 * 1024 * 1024
 DEFAULT_TRANSFER_CONCURRENCY = 4
 
 _CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
@@ -253,6 +254,9 @@ class BlobStore:
         options = {
             "max_single_put_size": DEFAULT_SINGLE_PUT_BYTES,
             "max_block_size": DEFAULT_BLOCK_BYTES,
+            # Downloads past the first 32 MiB GET come in ranges of this size (the SDK default is 4 MiB): fewer,
+            # larger requests, 0.77x -> ~0.9x of the raw SDK's best against Azurite (bench/NOTES.md, blob).
+            "max_chunk_get_size": DEFAULT_CHUNK_GET_BYTES,
         }
         config = self.config
         if config.connection_string:
