@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self, TypedDict
+from typing import Any, Self
 
 import aiohttp  # noqa: F401 - the SDK's aiohttp transport (below) needs it; named here so locks include it
 import httpx
@@ -35,13 +35,6 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import EndpointError, InputError
-
-
-class llm_pool(TypedDict):
-    """Windmill resource type `llm_pool` (llm_pool.resource-type.yaml): OpenAI-compatible endpoints."""
-
-    endpoints: list[dict]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
@@ -120,8 +113,6 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
-# The comparison matterflow was founded on: the same tokens at Claude 3.5 Sonnet's list price ($ per million in/out).
-CLAUDE_SONNET_PRICE_PER_MILLION = (3.0, 15.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

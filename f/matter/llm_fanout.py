@@ -18,10 +18,11 @@ import time
 import wmill
 from pydantic import BaseModel, ConfigDict, Field
 
-from .analysis import Usage, WindowResult, analyze_window
+from .analysis import analyze_window
+from .answers import Usage, WindowResult
 from .errors import EndpointError, InputError
-from .llm import CLAUDE_SONNET_PRICE_PER_MILLION, EndpointPool, RetryPolicy, endpoints_from_resource, llm_pool
-from .models import Document, Manifest, Window, validate_input
+from .llm import EndpointPool, RetryPolicy, endpoints_from_resource
+from .models import CLAUDE_SONNET_PRICE_PER_MILLION, Document, Manifest, Window, llm_pool, validate_input
 from .ocr_confidence import DEFAULT_MIN_CONFIDENCE, score_page
 from .storage import BlobStore, azure_blob, encode_json
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, Field
 
-from .analysis import Usage, WindowResult
-from .llm import CLAUDE_SONNET_PRICE_PER_MILLION
-from .models import SCHEMA_VERSION, ConfidenceReport, Manifest
+from .answers import Usage, WindowResult
+from .models import CLAUDE_SONNET_PRICE_PER_MILLION, SCHEMA_VERSION, ConfidenceReport, Manifest
 
 RESULT_SCHEMA = "matterflow.result/1"
 

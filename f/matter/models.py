@@ -11,7 +11,7 @@ Two kinds, on purpose:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypedDict, TypeVar
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +22,14 @@ SCHEMA_VERSION = 1
 # Part of every run_key: bump it when the window prompt or the answer schema changes, so results computed with
 # the old prompt are not reused.
 PROMPT_VERSION = 1
+# The comparison matterflow was founded on: the same tokens at Claude 3.5 Sonnet's list price ($ per million in/out).
+CLAUDE_SONNET_PRICE_PER_MILLION = (3.0, 15.0)
+
+
+class llm_pool(TypedDict):
+    """Windmill resource type `llm_pool` (llm_pool.resource-type.yaml): OpenAI-compatible endpoints."""
+
+    endpoints: list[dict]
 
 
 # ---------------------------------------------------------------------------------------------------------------

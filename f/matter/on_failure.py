@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .ingest import results_folder
-from .llm import llm_pool
+from .models import llm_pool
 from .storage import BlobStore, azure_blob, validate_blob_path
 
 # Field names (lowercased, without - and _) that hold credentials: accessKey, api_key, sasToken, connectionString...

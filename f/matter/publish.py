@@ -13,7 +13,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .analysis import WindowResult
+from .answers import WindowResult
 from .errors import BlobNotFound, EndpointError, StorageError
 from .merge import DocumentResult, merge
 from .models import ConfidenceReport, Manifest, validate_input

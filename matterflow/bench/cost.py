@@ -22,8 +22,8 @@ from pathlib import Path
 
 from f.matter.analysis import SYSTEM_PROMPT, analyze_window, build_messages
 from f.matter.documents import parse_ocr
-from f.matter.llm import CLAUDE_SONNET_PRICE_PER_MILLION, Endpoint, EndpointPool, RetryPolicy
-from f.matter.models import Document
+from f.matter.llm import Endpoint, EndpointPool, RetryPolicy
+from f.matter.models import CLAUDE_SONNET_PRICE_PER_MILLION, Document
 from f.matter.windows import CHARS_PER_TOKEN, DEFAULT_CONTEXT_TOKENS, DEFAULT_OUTPUT_TOKENS, plan_document
 from matterflow.sim import SimulatorProcess
 from matterflow.synth import synthetic_layout_bytes
