@@ -19,7 +19,7 @@ setup: $(VENV)/.installed node_modules/.installed ## create .venv and node_modul
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "matterflow needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 infra-tools: $(INFRA_VENV)/.installed ## checkov and cloud-init for the infrastructure tests, in their own .venv-infra
@@ -36,7 +36,6 @@ demo: setup ## run the pipeline on embedded defaults (Azurite + the bundled samp
 	$(VENV)/bin/matterflow demo
 
 bench: setup ## run every benchmark side by side and rewrite bench/RESULTS.md (several minutes)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench]'
 	$(VENV)/bin/matterflow bench all --out bench
 
 test: setup infra-tools ## run every test (starts and stops Azurite itself) and Windmill's own lint

@@ -20,14 +20,12 @@ FAST = {"latency_ms": 5.0, "tokens_per_s": 20000.0, "capacity": 64}
 
 
 def _plots(module, report: dict, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     target = tmp_path / f"{report['scenario']}.png"
     module.plot(report, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_parse_cli_json(tmp_path: Path) -> None:
-    pytest.importorskip("orjson")
     result = CliRunner().invoke(cli, ["bench", "parse", "--pages", "12", "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
