@@ -16,23 +16,29 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .documents import parse_ocr
 from .errors import InputError
-from .models import PROMPT_VERSION, Document, Manifest, ManifestRefs, WindowPlan, validate_input
+from .models import PROMPT_VERSION, Document, Manifest, ManifestRefs, WindowSettings, validate_input
 from .storage import BlobStore, azure_blob, encode_json, validate_blob_path
-from .windows import (
-    plan_document,
-)
+from .windows import plan_document, token_budget
 
 DEFAULT_MODEL = "llama-3-70b"
 RESULTS_ROOT = "results"
 
 
-class IngestInput(BaseModel):
+class RunSettings(BaseModel):
+    """The settings that, with the document, decide a run_key; ingest and the sweep validate them alike."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
-    blob_path: str
     window_pages: int = Field(ge=1, le=200)
     overlap_pages: int = Field(ge=0, le=50)
     context_tokens: int = Field(ge=1024, le=2_000_000)
     model: str = Field(min_length=1, max_length=200)
+
+    def window_settings(self) -> WindowSettings:
+        return WindowSettings(window_pages=self.window_pages, overlap_pages=self.overlap_pages, token_budget=token_budget(self.context_tokens))
+
+
+class IngestInput(RunSettings):
+    blob_path: str
     shards: int = Field(ge=1, le=64)
     force: bool
 
@@ -100,7 +106,7 @@ def build_manifest(document: Document, content_hash: str, container: str, params
         context_tokens=params.context_tokens,
         shards=params.shards,
     )
-    key = run_key(content_hash, plan, params.model)
+    key = run_key(content_hash, plan.settings, params.model)
     return Manifest(
         run_key=key,
         content_hash=content_hash,
@@ -118,11 +124,11 @@ def build_manifest(document: Document, content_hash: str, container: str, params
     )
 
 
-def run_key(content_hash: str, plan: WindowPlan, model: str) -> str:
+def run_key(content_hash: str, settings: WindowSettings, model: str) -> str:
     """Same document, window settings, prompt and model -> same key -> finished windows are reused."""
     identity = {
         "content": content_hash,
-        "windows": plan.settings.model_dump(mode="json"),
+        "windows": settings.model_dump(mode="json"),
         "prompt_version": PROMPT_VERSION,
         "model": model,
     }

@@ -40,13 +40,12 @@ from typing import Any
 
 import msgspec
 import wmill
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .errors import InputError, MatterflowError, StorageError
-from .ingest import RESULTS_ROOT, result_refs, results_folder, run_key
-from .models import WindowPlan, WindowSettings, validate_input
+from .ingest import RESULTS_ROOT, RunSettings, result_refs, results_folder, run_key
+from .models import validate_input
 from .storage import BlobInfo, BlobStore, azure_blob, encode_json, validate_blob_path
-from .windows import token_budget
 
 DEFAULT_FLOW_PATH = "f/matter/process_document"
 DEFAULT_LIMIT = 20
@@ -61,15 +60,10 @@ _WINDMILL_PATH = re.compile(r"^[ufg]/[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)+$")
 StartFlow = Callable[[str, dict[str, Any]], str]
 
 
-class SweepInput(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class SweepInput(RunSettings):
     prefix: str = Field(max_length=1024)
     limit: int = Field(ge=1, le=1000)
     suffix: str = Field(min_length=1, max_length=64)
-    window_pages: int = Field(ge=1, le=200)
-    overlap_pages: int = Field(ge=0, le=50)
-    context_tokens: int = Field(ge=1024, le=2_000_000)
-    model: str = Field(min_length=1, max_length=200)
     min_confidence: float = Field(ge=0, le=1)
     storage_resource: str
     llm_pool: str
@@ -161,7 +155,7 @@ def validate_params(params: SweepInput) -> None:
         raise InputError(f"{params.prefix!r} is where matterflow writes results, not documents", where="prefix")
     if not _WINDMILL_PATH.match(params.flow_path):
         raise InputError(f"expected a flow path like {DEFAULT_FLOW_PATH}, got {params.flow_path!r:.80}", where="flow_path")
-    token_budget(params.context_tokens)  # names the problem when the context leaves no room for pages
+    params.window_settings()  # names the problem when the context leaves no room for pages
 
 
 def is_document(path: str, suffix: str) -> bool:
@@ -169,13 +163,8 @@ def is_document(path: str, suffix: str) -> bool:
 
 
 def settings_run_key(content_hash: str, params: SweepInput) -> str:
-    """The run_key ingest will compute for this content with these settings (the plan's windows do not enter it)."""
-    settings = WindowSettings(
-        window_pages=params.window_pages,
-        overlap_pages=params.overlap_pages,
-        token_budget=token_budget(params.context_tokens),
-    )
-    return run_key(content_hash, WindowPlan(settings=settings, windows=[], shards=[], shard_tokens=[]), params.model)
+    """The run_key ingest will compute for this content with these settings."""
+    return run_key(content_hash, params.window_settings(), params.model)
 
 
 def sweep_folder(blob_path: str) -> str:
