@@ -26,16 +26,15 @@ class StepState:
 
 
 class PlainDisplay:
-    """One line per event; for logs and pipes."""
+    """One line per event, through `echo` (e.g. a stream's write); for logs and pipes."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, echo: Callable[[str], None]) -> None:
+        self.echo = echo
         self._lock = threading.Lock()
 
     def _write(self, line: str) -> None:
         with self._lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            self.echo(line)
 
     def message(self, line: str) -> None:
         self._write(line)
@@ -143,4 +142,4 @@ def display_for(stream: TextIO, *, progress_of: Callable[[str], int | None] = la
     """A live block on a terminal, plain lines anywhere else."""
     if stream.isatty():
         return LiveDisplay(stream, progress_of=progress_of)
-    return PlainDisplay(stream)
+    return PlainDisplay(lambda line: print(line, file=stream, flush=True))

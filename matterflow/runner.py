@@ -48,6 +48,7 @@ from py_mini_racer import MiniRacer
 
 from f.matter.errors import InputError, MatterflowError
 from matterflow.azurite import PROJECT_ROOT
+from matterflow.progress import PlainDisplay
 from matterflow.wmill_api import WindmillApi
 
 MAX_RESULT_BYTES = 2 * 1024 * 1024  # Windmill truncates or rejects step results above a few MiB
@@ -90,25 +91,6 @@ class RunEvents(Protocol):
     def step_started(self, step_id: str, job_id: str) -> None: ...
     def step_log(self, step_id: str, line: str) -> None: ...
     def step_finished(self, step_id: str, *, ok: bool, seconds: float, detail: str = "") -> None: ...
-
-
-class LineEvents:
-    """Plain lines through `echo`: what a log file or a non-terminal gets."""
-
-    def __init__(self, echo: Callable[[str], None]) -> None:
-        self.echo = echo
-
-    def message(self, line: str) -> None:
-        self.echo(line)
-
-    def step_started(self, step_id: str, job_id: str) -> None:
-        pass
-
-    def step_log(self, step_id: str, line: str) -> None:
-        pass
-
-    def step_finished(self, step_id: str, *, ok: bool, seconds: float, detail: str = "") -> None:
-        self.echo(f"{step_id}: {'done' if ok else 'failed'} in {seconds:.1f} s{f' ({detail})' if detail else ''}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +136,7 @@ class Runner:
         self.resources = dict(resources or {})
         self.variables = dict(variables or {})
         self.root = root
-        self.events: RunEvents = events or LineEvents(echo)
+        self.events: RunEvents = events or PlainDisplay(echo)
         self.api = api
         self.path = path
         self.max_result_bytes = max_result_bytes

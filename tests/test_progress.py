@@ -46,7 +46,7 @@ def test_the_live_block_shows_each_steps_state_progress_and_last_log_line() -> N
 
 def test_plain_lines_name_every_event() -> None:
     out = io.StringIO()
-    display = PlainDisplay(out)
+    display = PlainDisplay(lambda line: print(line, file=out))
     display.step_started("ingest", "job-1")
     display.step_log("ingest", "staged 60 pages")
     display.step_finished("ingest", ok=True, seconds=0.5)
