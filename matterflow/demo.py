@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from f.matter.ingest import result_refs
 from f.matter.llm import endpoints_from_resource
 from f.matter.storage import BlobStore
 from matterflow.azurite import PROJECT_ROOT, Azurite
@@ -120,7 +121,8 @@ def run_demo(options: DemoOptions = DemoOptions(), *, events: RunEvents | None =
         runner = Runner.from_file(FLOW, resources=resources, events=events, echo=echo, path="f/matter/process_document")
         flow_input = {"blob_path": sample.blob_path, "storage": "$res:f/matter/storage", "llm_pool": "$res:f/matter/llm_pool"}
         flow_summary = runner.run({**flow_input, **options.flow_input})
-        result, report, confidence = asyncio.run(_download(storage, flow_summary))
+        refs = result_refs(sample.blob_path, flow_summary["run_key"])
+        result, report, confidence = asyncio.run(_download(storage, [refs.result, refs.report, refs.confidence]))
         wall_s = time.monotonic() - started
         sim_stats = {sim.name: sim.stats() for sim in sims}
     local = options.out / Path(sample.blob_path).name.removesuffix(".json").removesuffix(".ocr")
@@ -163,12 +165,9 @@ async def _upload(storage: dict, sample: SampleDocument) -> None:
         await store.write_bytes(sample.blob_path, sample.data(), content_type="application/json")
 
 
-async def _download(storage: dict, flow_summary: dict) -> tuple[bytes, bytes, bytes]:
-    confidence_path = flow_summary["result"].rsplit("/", 1)[0] + "/confidence.json"
+async def _download(storage: dict, paths: list[str]) -> list[bytes]:
     async with BlobStore.from_resource(storage) as store:
-        return await asyncio.gather(
-            store.read_bytes(flow_summary["result"]), store.read_bytes(flow_summary["report"]), store.read_bytes(confidence_path)
-        )
+        return await asyncio.gather(*(store.read_bytes(path) for path in paths))
 
 
 def summary_table(summary: dict) -> str:
